@@ -1,0 +1,1 @@
+//! forgejo-autoscaler library.

@@ -1,0 +1,1 @@
+//! fake-forgejo-runner (see README.md).

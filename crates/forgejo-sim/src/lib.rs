@@ -1,0 +1,1 @@
+//! Forgejo simulator (see README.md).
