@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 
 use prost_reflect::DescriptorPool;
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod connect;
 
 /// Descriptors of every message, used by the protojson codec.
