@@ -1,1 +1,10 @@
-//! forgejo-autoscaler library.
+//! forgejo-autoscaler: one fresh Forgejo Actions runner per waiting job, nothing left behind.
+//!
+//! See ARCHITECTURE.md at the repository root for the code map and the invariants.
+
+pub mod config;
+pub mod forgejo;
+pub mod plan;
+pub mod pools;
+pub mod secret;
+pub mod store;
