@@ -232,7 +232,7 @@ fn warm_spares_fill_up_to_the_setting() {
 fn orphans_need_two_sightings_and_the_grace_period() {
     let mut o = observed(Strategy::Ephemeral, vec![], vec![]);
     o.orphan_instances = vec![
-        OrphanView { key: "young".into(), scope: None, first_seen_ms: MIN - 1000, seen_count: 5 },
+        OrphanView { key: "young".into(), scope: None, first_seen_ms: 2 * MIN, seen_count: 5 },
         OrphanView { key: "once".into(), scope: None, first_seen_ms: 0, seen_count: 1 },
     ];
     o.now_ms = 3 * MIN;

@@ -1,0 +1,83 @@
+//! Backends: where runner instances live. A small provider interface in the spirit of GitLab's
+//! fleeting plugins and GARM's providers: create, delete, list what we own.
+
+use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
+
+pub mod process;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A file the runner needs in its instance, e.g. its token or its `.runner` registration.
+#[derive(Clone)]
+pub struct InstanceFile {
+    /// Path relative to the instance's work directory.
+    pub name: String,
+    pub contents: Vec<u8>,
+    /// Holds a credential: written with mode 0600.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for InstanceFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceFile").field("name", &self.name).field("secret", &self.secret).finish()
+    }
+}
+
+/// Everything a backend needs to start one runner.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub pool: String,
+    /// The runner executable and its arguments. Never contains a secret: credentials go in
+    /// `files`, and the arguments point at them (`--token-url file:...`).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub files: Vec<InstanceFile>,
+    /// The complete environment of the runner (the autoscaler's own is not inherited).
+    pub env: BTreeMap<String, String>,
+}
+
+/// What the backend sees of an instance it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub id: String,
+    pub pool: Option<String>,
+    pub status: InstanceStatus,
+    /// Backend-specific reference to store (e.g. pid and start time).
+    pub backend_ref: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceStatus {
+    Running,
+    /// The runner exited; `code` when known.
+    Exited { code: Option<i32> },
+}
+
+/// What a removal found, for the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removal {
+    pub exit_code: Option<i32>,
+    /// Last lines of the runner's output.
+    pub log_tail: Option<String>,
+    /// Where the full log was kept, if it was.
+    pub log_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{backend} backend: {message}")]
+pub struct BackendError {
+    pub backend: &'static str,
+    pub message: String,
+}
+
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Starts the instance; returns its backend reference.
+    fn create(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<String, BackendError>>;
+    /// Stops and removes the instance (idempotent: an instance already gone is fine).
+    /// `grace`: how long the runner gets to stop after a polite signal.
+    fn delete<'a>(&'a self, id: &'a str, grace: std::time::Duration) -> BoxFuture<'a, Result<Removal, BackendError>>;
+    /// Every instance this autoscaler owns on this backend, running or exited.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>>;
+}
