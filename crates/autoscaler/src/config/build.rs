@@ -160,12 +160,6 @@ impl Checker<'_> {
                 format!("url is not a valid URL ({e}); write e.g. \"https://forgejo.example.org\""),
             )
         })?;
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(self.error(
-                &span,
-                "url contains a user name or password; remove it and give the API token with token_file",
-            ));
-        }
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(self.error(
                 &span,
@@ -173,6 +167,12 @@ impl Checker<'_> {
                     "url must start with http:// or https://, not {}://; write e.g. \"https://forgejo.example.org\"",
                     parsed.scheme()
                 ),
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(self.error(
+                &span,
+                "url contains a user name or password; remove it and give the API token with token_file",
             ));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {

@@ -164,11 +164,10 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
 fn rewrite_message(message: &str, key: Option<&str>) -> String {
     let message = message.trim();
     if let Some(rest) = message.strip_prefix("unknown field `") {
-        return unknown_name("key", rest, "this table");
+        return unknown_key(rest);
     }
     if let Some(rest) = message.strip_prefix("unknown variant `") {
-        let what = key.map_or("value".to_string(), |k| format!("value for `{k}`"));
-        return unknown_name(&what, rest, "here");
+        return unknown_value(rest, key);
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or(rest);
@@ -195,19 +194,40 @@ fn rewrite_message(message: &str, key: Option<&str>) -> String {
     format!("{prefix}{message}")
 }
 
-/// `X`, expected one of `a`, `b`  |  `X`, expected `a`  |  `X`, there are no fields
-fn unknown_name(what: &str, rest: &str, place: &str) -> String {
-    let Some((name, tail)) = rest.split_once('`') else {
-        return format!("unknown {what} {rest}");
-    };
-    let known: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+/// Splits serde's "`X`, expected one of `a`, `b`" (or "expected `a`", or "there are no
+/// fields") into the unknown name and the allowed ones.
+fn name_and_allowed(rest: &str) -> (&str, Vec<&str>) {
+    match rest.split_once('`') {
+        Some((name, tail)) => (name, tail.split('`').skip(1).step_by(2).collect()),
+        None => (rest, Vec::new()),
+    }
+}
+
+fn unknown_key(rest: &str) -> String {
+    let (name, known) = name_and_allowed(rest);
     if known.is_empty() {
-        return format!("unknown {what} `{name}`: {place} takes no keys; remove it");
+        return format!("unknown key `{name}`: this table takes no keys; remove it");
     }
     let list = known.join(", ");
     match closest(name, &known) {
-        Some(best) => format!("unknown {what} `{name}`; did you mean `{best}`? (allowed: {list})"),
-        None => format!("unknown {what} `{name}`; remove it or use one of: {list}"),
+        Some(best) => format!("unknown key `{name}`; did you mean `{best}`? (allowed: {list})"),
+        None => format!("unknown key `{name}`; remove it or use one of: {list}"),
+    }
+}
+
+fn unknown_value(rest: &str, key: Option<&str>) -> String {
+    let (name, allowed) = name_and_allowed(rest);
+    let of_key = key.map_or(String::new(), |k| format!(" for `{k}`"));
+    let list = allowed
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match closest(name, &allowed) {
+        Some(best) => {
+            format!("unknown value \"{name}\"{of_key}; did you mean \"{best}\"? (allowed: {list})")
+        }
+        None => format!("unknown value \"{name}\"{of_key}; use one of: {list}"),
     }
 }
 
