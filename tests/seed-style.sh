@@ -208,13 +208,13 @@ run_job() {
     labels="$(jq -r --arg s "$RUNNER_LABEL_SCHEMA" 'map(. + $s) | join(",")' <<<"$runs_on")"
     log "job $id ($name): registering a runner with labels $labels"
     if ! (cd "$dir" && "$RUNNER_BIN" register --no-interactive --instance "$FORGEJO_URL" \
-        --token "$REGISTRATION_TOKEN" --name "seed-style-$id" --labels "$labels" >register.log 2>&1); then
+        --token "$REGISTRATION_TOKEN" --name "seed-style-$id" --labels "$labels" </dev/null >register.log 2>&1); then
         log "register failed:"
         sed 's/^/    /' "$dir/register.log" >&2
         die "cannot register a runner"
     fi
     local rc=0
-    (cd "$dir" && "$RUNNER_BIN" one-job >one-job.log 2>&1) || rc=$?
+    (cd "$dir" && "$RUNNER_BIN" one-job </dev/null >one-job.log 2>&1) || rc=$?
     if [[ "$rc" -ne 0 ]]; then
         log "one-job for job $id exited $rc (no task, or an error):"
         tail -n 20 "$dir/one-job.log" | sed 's/^/    /' >&2
