@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde_norway::Value;
-use workflow::{expand_incomplete_job, parse_workflow, parse_workflow_with, JobKind, JobSpec, ParseOptions, Workflow};
+use workflow::{
+    expand_incomplete_job, parse_workflow, parse_workflow_with, JobKind, JobSpec, ParseOptions,
+    Workflow,
+};
 
 /// `shared/workflow-shapes`, beside the repository checkout.
 fn shapes_dir() -> PathBuf {
@@ -39,15 +42,24 @@ fn resolve_in_shapes(path: &str) -> Option<String> {
 
 fn parse_shape(file: &str) -> Workflow {
     let content = read_shape(file);
-    parse_workflow(&format!(".forgejo/workflows/{file}"), &content, &resolve_in_shapes)
-        .unwrap_or_else(|e| panic!("{file} must be accepted, got: {e}"))
+    parse_workflow(
+        &format!(".forgejo/workflows/{file}"),
+        &content,
+        &resolve_in_shapes,
+    )
+    .unwrap_or_else(|e| panic!("{file} must be accepted, got: {e}"))
 }
 
 /// (key, name, runs_on, needs)
 type Expected<'a> = (&'a str, &'a str, &'a [&'a str], &'a [&'a str]);
 
 fn summary(job: &JobSpec) -> (String, String, Vec<String>, Vec<String>) {
-    (job.key.clone(), job.name.clone(), job.runs_on.clone(), job.needs.clone())
+    (
+        job.key.clone(),
+        job.name.clone(),
+        job.runs_on.clone(),
+        job.needs.clone(),
+    )
 }
 
 fn assert_jobs(workflow: &Workflow, expected: &[Expected<'_>]) {
@@ -77,21 +89,40 @@ fn assert_jobs(workflow: &Workflow, expected: &[Expected<'_>]) {
 fn assert_payload_is_single_job(job: &JobSpec) {
     let doc: Value = serde_norway::from_str(&job.payload)
         .unwrap_or_else(|e| panic!("payload of {} is not YAML: {e}\n{}", job.name, job.payload));
-    let jobs = doc.get("jobs").and_then(Value::as_mapping).expect("payload has jobs");
+    let jobs = doc
+        .get("jobs")
+        .and_then(Value::as_mapping)
+        .expect("payload has jobs");
     assert_eq!(jobs.len(), 1, "payload of {} must hold one job", job.name);
-    let body = jobs.get(job.key.as_str()).unwrap_or_else(|| panic!("payload lacks job {}", job.key));
-    assert!(body.get("needs").is_none(), "needs are erased from payloads");
-    assert_eq!(body.get("name").and_then(Value::as_str), Some(job.name.as_str()));
+    let body = jobs
+        .get(job.key.as_str())
+        .unwrap_or_else(|| panic!("payload lacks job {}", job.key));
+    assert!(
+        body.get("needs").is_none(),
+        "needs are erased from payloads"
+    );
+    assert_eq!(
+        body.get("name").and_then(Value::as_str),
+        Some(job.name.as_str())
+    );
     let labels: Vec<String> = match body.get("runs-on") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Sequence(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         other => panic!("unexpected runs-on in payload: {other:?}"),
     };
     assert_eq!(labels, job.runs_on);
     let runs: Vec<Option<String>> = body
         .get("steps")
         .and_then(Value::as_sequence)
-        .map(|steps| steps.iter().map(|s| s.get("run").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| s.get("run").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let expected: Vec<Option<String>> = job.steps.iter().map(|s| s.run.clone()).collect();
     assert_eq!(runs, expected, "payload steps of {}", job.name);
@@ -106,8 +137,19 @@ fn bartoostveen_check() {
     let wf = parse_shape("bartoostveen-check.yml");
     assert_eq!(wf.name, "bartoostveen-check.yml");
     assert!(wf.on.push && !wf.on.workflow_dispatch && wf.on.schedules.is_empty());
-    assert_jobs(&wf, &[("check", "check", &["native-x86_64-linux", "bigger-parallel"], &[])]);
-    assert_eq!(runs_of(&wf.jobs[0]), vec!["echo \"evaluate all machine configurations\"", "sleep 8"]);
+    assert_jobs(
+        &wf,
+        &[(
+            "check",
+            "check",
+            &["native-x86_64-linux", "bigger-parallel"],
+            &[],
+        )],
+    );
+    assert_eq!(
+        runs_of(&wf.jobs[0]),
+        vec!["echo \"evaluate all machine configurations\"", "sleep 8"]
+    );
 }
 
 #[test]
@@ -134,8 +176,18 @@ fn emaintenance_deploy() {
         &wf,
         &[
             ("pre-deploy", "pre-deploy", u, &[]),
-            ("test-before-deploy", "test-before-deploy", u, &["pre-deploy"]),
-            ("backup-production", "backup-production", u, &["pre-deploy", "test-before-deploy"]),
+            (
+                "test-before-deploy",
+                "test-before-deploy",
+                u,
+                &["pre-deploy"],
+            ),
+            (
+                "backup-production",
+                "backup-production",
+                u,
+                &["pre-deploy", "test-before-deploy"],
+            ),
             ("deploy", "deploy", u, &["pre-deploy", "backup-production"]),
             ("health-check", "health-check", u, &["deploy"]),
             ("rollback", "rollback", u, &["deploy", "health-check"]),
@@ -143,10 +195,19 @@ fn emaintenance_deploy() {
         ],
     );
     let pre = &wf.jobs[0];
-    assert_eq!(pre.outputs.keys().collect::<Vec<_>>(), vec!["deploy_env", "version"]);
+    assert_eq!(
+        pre.outputs.keys().collect::<Vec<_>>(),
+        vec!["deploy_env", "version"]
+    );
     assert_eq!(pre.outputs["version"], "${{ steps.v.outputs.version }}");
-    assert_eq!(wf.jobs[1].if_condition.as_deref(), Some("${{ !github.event.inputs.skip_tests }}"));
-    assert_eq!(wf.jobs[5].if_condition.as_deref(), Some("failure() && needs.deploy.result == 'success'"));
+    assert_eq!(
+        wf.jobs[1].if_condition.as_deref(),
+        Some("${{ !github.event.inputs.skip_tests }}")
+    );
+    assert_eq!(
+        wf.jobs[5].if_condition.as_deref(),
+        Some("failure() && needs.deploy.result == 'success'")
+    );
     assert_eq!(wf.jobs[6].if_condition.as_deref(), Some("always()"));
 }
 
@@ -160,14 +221,32 @@ fn ffmpeg_fate() {
         &wf,
         &[
             // matrix keys bits < runner < shared; the two includes add combinations.
-            ("run_fate", "run_fate (32, linux-amd64, static)", &["linux-amd64"], &[]),
-            ("run_fate", "run_fate (64, linux-aarch64, static)", &["linux-aarch64"], &[]),
-            ("run_fate", "run_fate (64, linux-amd64, shared)", &["linux-amd64"], &[]),
+            (
+                "run_fate",
+                "run_fate (32, linux-amd64, static)",
+                &["linux-amd64"],
+                &[],
+            ),
+            (
+                "run_fate",
+                "run_fate (64, linux-aarch64, static)",
+                &["linux-aarch64"],
+                &[],
+            ),
+            (
+                "run_fate",
+                "run_fate (64, linux-amd64, shared)",
+                &["linux-amd64"],
+                &[],
+            ),
             ("compile_only", &compile_name, &["linux-amd64"], &[]),
         ],
     );
     // The container image stays an expression: the runner evaluates it with the matrix.
-    assert_eq!(wf.jobs[3].container.as_ref().map(|c| c.image.as_str()), Some("${{ matrix.image }}"));
+    assert_eq!(
+        wf.jobs[3].container.as_ref().map(|c| c.image.as_str()),
+        Some("${{ matrix.image }}")
+    );
     assert!(wf.jobs[0].payload.contains("linux-amd64") && wf.jobs[0].payload.contains("'32'"));
 }
 
@@ -189,14 +268,26 @@ fn flask_socketio_tests() {
     }
     assert_eq!(names.len(), 29);
     let mut expected: Vec<Expected<'_>> = vec![("lint", "lint", &["ubuntu-latest"], &[])];
-    expected.extend(names.iter().map(|n| ("tests", n.as_str(), &["ubuntu-latest"][..], &[][..])));
+    expected.extend(
+        names
+            .iter()
+            .map(|n| ("tests", n.as_str(), &["ubuntu-latest"][..], &[][..])),
+    );
     assert_jobs(&wf, &expected);
     // Step text is the runner's to evaluate; the server leaves it alone.
-    assert_eq!(runs_of(&wf.jobs[1]), vec!["echo \"python ${{ matrix.python }} flask '${{ matrix.flask }}'\"", "sleep 2"]);
+    assert_eq!(
+        runs_of(&wf.jobs[1]),
+        vec![
+            "echo \"python ${{ matrix.python }} flask '${{ matrix.flask }}'\"",
+            "sleep 2"
+        ]
+    );
     // ...but the payload carries this job's combination for it.
     let payload: Value = serde_norway::from_str(&wf.jobs[1].payload).expect("payload is YAML");
     let matrix = &payload["jobs"]["tests"]["strategy"]["matrix"];
-    let expected: Value = serde_norway::from_str("{flask: [''], os: [ubuntu-latest], python: ['3.10']}").expect("yaml");
+    let expected: Value =
+        serde_norway::from_str("{flask: [''], os: [ubuntu-latest], python: ['3.10']}")
+            .expect("yaml");
     assert_eq!(matrix, &expected);
 }
 
@@ -208,21 +299,58 @@ fn forgejo_runner_test() {
         &wf,
         &[
             ("build-and-tests", "build-and-tests", &["docker"], &[]),
-            ("runner-exec-tests", "runner-exec-tests", &["lxc-bookworm"], &["build-and-tests"]),
-            ("integration-tests", "integration-tests (latest)", &["lxc-bookworm"], &[]),
-            ("integration-tests", "integration-tests (stable)", &["lxc-bookworm"], &[]),
-            ("runner-integration-tests", "runner-integration-tests", &["lxc-bookworm"], &["build-and-tests"]),
+            (
+                "runner-exec-tests",
+                "runner-exec-tests",
+                &["lxc-bookworm"],
+                &["build-and-tests"],
+            ),
+            (
+                "integration-tests",
+                "integration-tests (latest)",
+                &["lxc-bookworm"],
+                &[],
+            ),
+            (
+                "integration-tests",
+                "integration-tests (stable)",
+                &["lxc-bookworm"],
+                &[],
+            ),
+            (
+                "runner-integration-tests",
+                "runner-integration-tests",
+                &["lxc-bookworm"],
+                &["build-and-tests"],
+            ),
             ("validate-mocks", "validate-mocks", &["docker"], &[]),
-            ("validate-pre-commit", "validate-pre-commit", &["docker"], &[]),
+            (
+                "validate-pre-commit",
+                "validate-pre-commit",
+                &["docker"],
+                &[],
+            ),
         ],
     );
     let build = &wf.jobs[0];
-    assert_eq!(build.if_condition.as_deref(), Some("vars.ROLE == 'forgejo-coding'"));
-    assert_eq!(build.container.as_ref().map(|c| c.image.as_str()), Some("code.forgejo.org/oci/ci:1"));
+    assert_eq!(
+        build.if_condition.as_deref(),
+        Some("vars.ROLE == 'forgejo-coding'")
+    );
+    assert_eq!(
+        build.container.as_ref().map(|c| c.image.as_str()),
+        Some("code.forgejo.org/oci/ci:1")
+    );
     assert_eq!(build.services.len(), 1);
     assert_eq!(build.services[0].name, "forgejo");
-    assert_eq!(build.services[0].image, "code.forgejo.org/forgejo/forgejo:11");
-    assert!(build.payload.contains("SYNTH_GO_VERSION"), "workflow env is carried in the payload");
+    assert_eq!(
+        build.services[0].image,
+        "code.forgejo.org/forgejo/forgejo:11"
+    );
+    assert!(
+        build.payload.contains("SYNTH_GO_VERSION"),
+        "workflow env is carried in the payload"
+    );
 }
 
 #[test]
@@ -270,7 +398,11 @@ fn forgejo_testing() {
         ],
     );
     let pgsql = &wf.jobs[8];
-    let services: Vec<(&str, &str)> = pgsql.services.iter().map(|s| (s.name.as_str(), s.image.as_str())).collect();
+    let services: Vec<(&str, &str)> = pgsql
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.image.as_str()))
+        .collect();
     assert_eq!(
         services,
         vec![
@@ -279,7 +411,10 @@ fn forgejo_testing() {
             ("pgsql", "data.forgejo.org/oci/bitnami/postgresql:16"),
         ]
     );
-    assert_eq!(wf.jobs[3].container.as_ref().map(|c| c.image.as_str()), Some("data.forgejo.org/oci/playwright:latest"));
+    assert_eq!(
+        wf.jobs[3].container.as_ref().map(|c| c.image.as_str()),
+        Some("data.forgejo.org/oci/playwright:latest")
+    );
 }
 
 #[test]
@@ -291,21 +426,47 @@ fn lillinfra_containers() {
     assert_jobs(
         &wf,
         &[
-            ("generate-build-matrix", "generate-build-matrix", &["ubuntu-latest"], &[]),
-            ("build-container", "build-container (incomplete matrix)", &["alpine-latest"], &["generate-build-matrix"]),
+            (
+                "generate-build-matrix",
+                "generate-build-matrix",
+                &["ubuntu-latest"],
+                &[],
+            ),
+            (
+                "build-container",
+                "build-container (incomplete matrix)",
+                &["alpine-latest"],
+                &["generate-build-matrix"],
+            ),
         ],
     );
     let pending = &wf.jobs[1];
-    let missing = pending.incomplete_matrix.as_ref().expect("matrix is incomplete");
-    assert_eq!((missing.job.as_str(), missing.output.as_str()), ("generate-build-matrix", "container_names"));
+    let missing = pending
+        .incomplete_matrix
+        .as_ref()
+        .expect("matrix is incomplete");
+    assert_eq!(
+        (missing.job.as_str(), missing.output.as_str()),
+        ("generate-build-matrix", "container_names")
+    );
 
     let outputs: HashMap<String, HashMap<String, String>> = [(
         "generate-build-matrix".to_string(),
-        [("container_names".to_string(), r#"["web","mail","backup","proxy"]"#.to_string())].into(),
+        [(
+            "container_names".to_string(),
+            r#"["web","mail","backup","proxy"]"#.to_string(),
+        )]
+        .into(),
     )]
     .into();
-    let expanded = expand_incomplete_job("containers.yml", pending, &outputs, &resolve_in_shapes, ParseOptions::default())
-        .unwrap_or_else(|e| panic!("expansion failed: {e}"));
+    let expanded = expand_incomplete_job(
+        "containers.yml",
+        pending,
+        &outputs,
+        &resolve_in_shapes,
+        ParseOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("expansion failed: {e}"));
     let got: Vec<_> = expanded.iter().map(summary).collect();
     let want: Vec<_> = ["backup", "mail", "proxy", "web"]
         .iter()
@@ -324,7 +485,14 @@ fn lillinfra_containers() {
         assert_payload_is_single_job(job);
     }
     // Still without the output, the job cannot be expanded (Forgejo fails the run).
-    assert!(expand_incomplete_job("containers.yml", pending, &HashMap::new(), &resolve_in_shapes, ParseOptions::default()).is_err());
+    assert!(expand_incomplete_job(
+        "containers.yml",
+        pending,
+        &HashMap::new(),
+        &resolve_in_shapes,
+        ParseOptions::default()
+    )
+    .is_err());
 }
 
 #[test]
@@ -344,8 +512,13 @@ fn readeck_build() {
     // The call has `runs-on: docker`, so even Forgejo 15 keeps it one task for the runner.
     for options in [ParseOptions::default(), ParseOptions::for_forgejo_major(13)] {
         let content = read_shape("readeck-build.yml");
-        let wf = parse_workflow_with(".forgejo/workflows/build.yaml", &content, &resolve_in_shapes, options)
-            .unwrap_or_else(|e| panic!("readeck-build.yml must be accepted: {e}"));
+        let wf = parse_workflow_with(
+            ".forgejo/workflows/build.yaml",
+            &content,
+            &resolve_in_shapes,
+            options,
+        )
+        .unwrap_or_else(|e| panic!("readeck-build.yml must be accepted: {e}"));
         assert!(wf.on.workflow_dispatch && !wf.on.push);
         assert_jobs(
             &wf,
@@ -358,10 +531,17 @@ fn readeck_build() {
         );
         assert_eq!(
             wf.jobs[0].kind,
-            JobKind::ReusableCall { uses: "./.forgejo/workflows/readeck-tests.yaml".to_string() }
+            JobKind::ReusableCall {
+                uses: "./.forgejo/workflows/readeck-tests.yaml".to_string()
+            }
         );
-        assert!(wf.jobs[0].payload.contains("uses: ./.forgejo/workflows/readeck-tests.yaml"));
-        assert_eq!(wf.jobs[2].container.as_ref().map(|c| c.image.as_str()), Some("docker.io/techknowlogick/xgo:latest"));
+        assert!(wf.jobs[0]
+            .payload
+            .contains("uses: ./.forgejo/workflows/readeck-tests.yaml"));
+        assert_eq!(
+            wf.jobs[2].container.as_ref().map(|c| c.image.as_str()),
+            Some("docker.io/techknowlogick/xgo:latest")
+        );
     }
 }
 
@@ -372,9 +552,18 @@ fn readeck_tests() {
     assert!(wf.on.events.iter().any(|e| e == "workflow_call"));
     assert_jobs(&wf, &[("tests", "tests", &["docker"], &[])]);
     let job = &wf.jobs[0];
-    assert!(job.if_condition.as_deref().is_some_and(|c| c.starts_with("github.event_name != 'pull_request'")));
-    assert_eq!(job.container.as_ref().map(|c| c.image.as_str()), Some("codeberg.org/readeck/readeck-ci:latest"));
-    assert_eq!(runs_of(job), vec!["echo \"lint\"", "echo \"unit tests\"", "sleep 5"]);
+    assert!(job
+        .if_condition
+        .as_deref()
+        .is_some_and(|c| c.starts_with("github.event_name != 'pull_request'")));
+    assert_eq!(
+        job.container.as_ref().map(|c| c.image.as_str()),
+        Some("codeberg.org/readeck/readeck-ci:latest")
+    );
+    assert_eq!(
+        runs_of(job),
+        vec!["echo \"lint\"", "echo \"unit tests\"", "sleep 5"]
+    );
 }
 
 /// Every shape file has a test above; a new file must get one too.

@@ -310,21 +310,32 @@ fn eval(expr: &Expr, ctx: &ExprContext<'_>) -> Result<Option<Value>, ExprError> 
     }
 }
 
-fn eval_path(root: &str, path: &[Value], ctx: &ExprContext<'_>) -> Result<Option<Value>, ExprError> {
+fn eval_path(
+    root: &str,
+    path: &[Value],
+    ctx: &ExprContext<'_>,
+) -> Result<Option<Value>, ExprError> {
     let key = |i: usize| path.get(i).and_then(|v| v.as_str().map(str::to_string));
     match root.to_ascii_lowercase().as_str() {
         "matrix" => {
             let Some(first) = path.first() else {
                 let map: Mapping = ctx
                     .matrix
-                    .map(|m| m.iter().map(|(k, v)| (Value::String(k.clone()), v.clone())).collect())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (Value::String(k.clone()), v.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 return Ok(Some(Value::Mapping(map)));
             };
             let dim = first.as_str().map(str::to_string).unwrap_or_default();
             let found = ctx.matrix.and_then(|m| {
-                m.get(&dim)
-                    .or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(&dim)).map(|(_, v)| v))
+                m.get(&dim).or_else(|| {
+                    m.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&dim))
+                        .map(|(_, v)| v)
+                })
             });
             match found {
                 Some(v) => Ok(Some(navigate(v, &path[1..]))),
@@ -392,24 +403,43 @@ mod tests {
     use super::*;
 
     fn matrix(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn interpolates_matrix_values_and_keeps_other_expressions() {
-        let m = matrix(&[("os", Value::String("linux".into())), ("n", Value::Number(3.into()))]);
-        let ctx = ExprContext { matrix: Some(&m), ..Default::default() };
+        let m = matrix(&[
+            ("os", Value::String("linux".into())),
+            ("n", Value::Number(3.into())),
+        ]);
+        let ctx = ExprContext {
+            matrix: Some(&m),
+            ..Default::default()
+        };
         assert_eq!(
-            interpolate("build-${{ matrix.os }}-${{matrix.n}} ${{ github.ref }}", &ctx).unwrap(),
+            interpolate(
+                "build-${{ matrix.os }}-${{matrix.n}} ${{ github.ref }}",
+                &ctx
+            )
+            .unwrap(),
             "build-linux-3 ${{ github.ref }}"
         );
         assert_eq!(interpolate("${{ matrix['os'] }}", &ctx).unwrap(), "linux");
-        assert_eq!(interpolate("x ${{ matrix.missing }} y", &ctx).unwrap(), "x  y");
+        assert_eq!(
+            interpolate("x ${{ matrix.missing }} y", &ctx).unwrap(),
+            "x  y"
+        );
     }
 
     #[test]
     fn strict_matrix_reports_missing_dimension() {
-        let ctx = ExprContext { strict_matrix: true, ..Default::default() };
+        let ctx = ExprContext {
+            strict_matrix: true,
+            ..Default::default()
+        };
         assert_eq!(
             evaluate_node(&Value::String("${{ matrix.os }}".into()), &ctx),
             Err(ExprError::MissingMatrixDimension("os".into()))
@@ -418,12 +448,31 @@ mod tests {
 
     #[test]
     fn from_json_of_known_output_gives_a_list() {
-        let outputs: HashMap<String, HashMap<String, String>> =
-            [("gen".to_string(), [("names".to_string(), r#"["a","b"]"#.to_string())].into())].into();
-        let ctx = ExprContext { job_outputs: Some(&outputs), ..Default::default() };
-        let v = evaluate_node(&Value::String("${{ fromJSON(needs.gen.outputs.names) }}".into()), &ctx).unwrap();
+        let outputs: HashMap<String, HashMap<String, String>> = [(
+            "gen".to_string(),
+            [("names".to_string(), r#"["a","b"]"#.to_string())].into(),
+        )]
+        .into();
+        let ctx = ExprContext {
+            job_outputs: Some(&outputs),
+            ..Default::default()
+        };
+        let v = evaluate_node(
+            &Value::String("${{ fromJSON(needs.gen.outputs.names) }}".into()),
+            &ctx,
+        )
+        .unwrap();
         assert_eq!(v, serde_norway::from_str::<Value>("[a, b]").unwrap());
-        let err = evaluate_node(&Value::String("${{ fromJSON(needs.gen.outputs.other) }}".into()), &ctx);
-        assert_eq!(err, Err(ExprError::MissingJobOutput { job: "gen".into(), output: "other".into() }));
+        let err = evaluate_node(
+            &Value::String("${{ fromJSON(needs.gen.outputs.other) }}".into()),
+            &ctx,
+        );
+        assert_eq!(
+            err,
+            Err(ExprError::MissingJobOutput {
+                job: "gen".into(),
+                output: "other".into()
+            })
+        );
     }
 }

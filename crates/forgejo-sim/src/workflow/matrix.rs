@@ -33,7 +33,10 @@ pub fn expand(matrix: Option<&Value>) -> Result<Vec<Combination>, String> {
     let Some(Value::Mapping(map)) = matrix.map(untagged) else {
         return Ok(vec![Combination::new()]);
     };
-    if map.values().any(|v| !matches!(untagged(v), Value::Sequence(_))) {
+    if map
+        .values()
+        .any(|v| !matches!(untagged(v), Value::Sequence(_)))
+    {
         return Ok(vec![Combination::new()]);
     }
     let mut all_keys = HashSet::new();
@@ -80,16 +83,20 @@ pub fn expand(matrix: Option<&Value>) -> Result<Vec<Combination>, String> {
         .try_fold(1usize, |acc, (_, items)| acc.checked_mul(items.len()))
         .filter(|n| *n <= MAX_MATRIX_COMBINATIONS)
         .ok_or_else(too_many)?;
-    let mut combinations = if dimensions.is_empty() { Vec::new() } else { product(&dimensions, size) };
+    let mut combinations = if dimensions.is_empty() {
+        Vec::new()
+    } else {
+        product(&dimensions, size)
+    };
     combinations.retain(|c| !excludes.iter().any(|e| common_keys_match(c, e)));
 
     let dimension_names: HashSet<&str> = dimensions.iter().map(|(k, _)| k.as_str()).collect();
     for include in includes {
         let mut matched = false;
         for combination in combinations.iter_mut() {
-            let agrees = combination
-                .iter()
-                .all(|(k, v)| !dimension_names.contains(k.as_str()) || include.get(k).is_none_or(|iv| iv == v));
+            let agrees = combination.iter().all(|(k, v)| {
+                !dimension_names.contains(k.as_str()) || include.get(k).is_none_or(|iv| iv == v)
+            });
             if agrees {
                 matched = true;
                 combination.extend(include.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -120,7 +127,9 @@ fn flatten_entries(items: &[Value], what: &str) -> Result<Vec<Combination>, Stri
             Value::Sequence(inner) => {
                 for nested in inner {
                     let Value::Mapping(map) = untagged(nested) else {
-                        return Err(format!("matrix {what}[{i}] holds an entry that is not a mapping"));
+                        return Err(format!(
+                            "matrix {what}[{i}] holds an entry that is not a mapping"
+                        ));
                     };
                     out.push(to_combination(map));
                 }
@@ -201,7 +210,9 @@ mod tests {
 
     #[test]
     fn include_merges_when_dimensions_agree_and_adds_otherwise() {
-        let got = names("{os: [linux, mac], include: [{os: linux, extra: yes}, {os: bsd}, {other: 1}]}").unwrap();
+        let got =
+            names("{os: [linux, mac], include: [{os: linux, extra: yes}, {os: bsd}, {other: 1}]}")
+                .unwrap();
         // {os: linux, extra: yes} merges into linux; bsd and {other: 1} are new combinations.
         assert_eq!(got, vec!["(1)", "(bsd)", "(mac)", "(yes, linux)"]);
     }

@@ -159,14 +159,18 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        Self { expand_local_reusable_workflows: true }
+        Self {
+            expand_local_reusable_workflows: true,
+        }
     }
 }
 
 impl ParseOptions {
     /// The behaviour of a Forgejo major version (13, 14, 15, ...).
     pub fn for_forgejo_major(major: u32) -> Self {
-        Self { expand_local_reusable_workflows: major >= 15 }
+        Self {
+            expand_local_reusable_workflows: major >= 15,
+        }
     }
 }
 
@@ -188,11 +192,23 @@ pub enum WorkflowError {
     /// `jobs:` is an empty mapping.
     NoJobs { path: String },
     /// One job is malformed.
-    InvalidJob { path: String, job: String, message: String },
+    InvalidJob {
+        path: String,
+        job: String,
+        message: String,
+    },
     /// `strategy.matrix` of a job cannot be expanded (too large, bad include/exclude, bad expression).
-    Matrix { path: String, job: String, message: String },
+    Matrix {
+        path: String,
+        job: String,
+        message: String,
+    },
     /// A reusable workflow call cannot be expanded.
-    Reusable { path: String, job: String, message: String },
+    Reusable {
+        path: String,
+        job: String,
+        message: String,
+    },
     /// The file would produce more jobs or payload bytes than the simulator accepts.
     TooLarge { path: String, message: String },
 }
@@ -203,11 +219,19 @@ impl fmt::Display for WorkflowError {
             WorkflowError::Yaml { path, message } => write!(f, "{path}: not valid YAML: {message}"),
             WorkflowError::Empty { path } => write!(f, "{path}: the workflow file is empty"),
             WorkflowError::NotAMapping { path } => {
-                write!(f, "{path}: a workflow must be a YAML mapping with `on:` and `jobs:`")
+                write!(
+                    f,
+                    "{path}: a workflow must be a YAML mapping with `on:` and `jobs:`"
+                )
             }
-            WorkflowError::Triggers { path, message } => write!(f, "{path}: invalid `on:`: {message}"),
+            WorkflowError::Triggers { path, message } => {
+                write!(f, "{path}: invalid `on:`: {message}")
+            }
             WorkflowError::MissingJobs { path } => {
-                write!(f, "{path}: no `jobs:` section; this is not a Forgejo Actions workflow")
+                write!(
+                    f,
+                    "{path}: no `jobs:` section; this is not a Forgejo Actions workflow"
+                )
             }
             WorkflowError::JobsNotMapping { path } => {
                 write!(f, "{path}: `jobs:` must be a mapping of job ids to jobs")
@@ -248,13 +272,28 @@ pub fn parse_workflow_with(
     options: ParseOptions,
 ) -> Result<Workflow, WorkflowError> {
     let doc = load_document(path, content)?;
-    let on = triggers::parse_triggers(doc.raw_on.as_ref())
-        .map_err(|message| WorkflowError::Triggers { path: path.to_string(), message })?;
+    let on = triggers::parse_triggers(doc.raw_on.as_ref()).map_err(|message| {
+        WorkflowError::Triggers {
+            path: path.to_string(),
+            message,
+        }
+    })?;
     let no_outputs = HashMap::new();
-    let parser = JobParser { path, resolve, options, job_outputs: &no_outputs, job_count: Cell::new(0) };
+    let parser = JobParser {
+        path,
+        resolve,
+        options,
+        job_outputs: &no_outputs,
+        job_count: Cell::new(0),
+    };
     let mut drafts = parser.parse_jobs(&doc, &Scope::default())?;
     dedup_names(&mut drafts);
-    let name = doc.parts.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| file_name(path));
+    let name = doc
+        .parts
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| file_name(path));
     let jobs = finish(path, &doc.parts, drafts)?;
     Ok(Workflow { name, on, jobs })
 }
@@ -271,7 +310,13 @@ pub fn expand_incomplete_job(
     options: ParseOptions,
 ) -> Result<Vec<JobSpec>, WorkflowError> {
     let doc = load_document(path, &job.payload)?;
-    let parser = JobParser { path, resolve, options, job_outputs: outputs, job_count: Cell::new(0) };
+    let parser = JobParser {
+        path,
+        resolve,
+        options,
+        job_outputs: outputs,
+        job_count: Cell::new(0),
+    };
     let mut drafts = parser.parse_jobs(&doc, &Scope::default())?;
     for draft in &mut drafts {
         if draft.key == job.key {
@@ -300,10 +345,14 @@ fn load_document(path: &str, content: &str) -> Result<Document, WorkflowError> {
     if content.trim().is_empty() {
         return Err(WorkflowError::Empty { path: path_owned() });
     }
-    let mut root: Value = serde_norway::from_str(content)
-        .map_err(|e| WorkflowError::Yaml { path: path_owned(), message: e.to_string() })?;
-    root.apply_merge()
-        .map_err(|e| WorkflowError::Yaml { path: path_owned(), message: e.to_string() })?;
+    let mut root: Value = serde_norway::from_str(content).map_err(|e| WorkflowError::Yaml {
+        path: path_owned(),
+        message: e.to_string(),
+    })?;
+    root.apply_merge().map_err(|e| WorkflowError::Yaml {
+        path: path_owned(),
+        message: e.to_string(),
+    })?;
     let root = untagged(&root);
     let map = match root {
         Value::Null => return Err(WorkflowError::Empty { path: path_owned() }),
@@ -329,7 +378,8 @@ fn load_document(path: &str, content: &str) -> Result<Document, WorkflowError> {
             return Err(WorkflowError::InvalidJob {
                 path: path_owned(),
                 job: key,
-                message: "a job must be a mapping (with `runs-on` and `steps`, or `uses`)".to_string(),
+                message: "a job must be a mapping (with `runs-on` and `steps`, or `uses`)"
+                    .to_string(),
             });
         };
         validate_job(job).map_err(|message| WorkflowError::InvalidJob {
@@ -376,7 +426,10 @@ fn validate_job(job: &Mapping) -> Result<(), String> {
     mapping("strategy")?;
     mapping("with")?;
     if let Some(Value::Mapping(outputs)) = field("outputs") {
-        if outputs.values().any(|v| matches!(untagged(v), Value::Mapping(_) | Value::Sequence(_))) {
+        if outputs
+            .values()
+            .any(|v| matches!(untagged(v), Value::Mapping(_) | Value::Sequence(_)))
+        {
             return Err("every value of `outputs` must be a string".to_string());
         }
     } else {
@@ -387,7 +440,10 @@ fn validate_job(job: &Mapping) -> Result<(), String> {
             .iter()
             .find(|(_, v)| !matches!(untagged(v), Value::Mapping(_) | Value::Null))
         {
-            return Err(format!("service {:?} must be a mapping", key_string(name).unwrap_or_default()));
+            return Err(format!(
+                "service {:?} must be a mapping",
+                key_string(name).unwrap_or_default()
+            ));
         }
     } else {
         mapping("services")?;
@@ -467,14 +523,31 @@ impl JobParser<'_> {
     }
 
     fn matrix_error(&self, key: &str, message: String) -> WorkflowError {
-        WorkflowError::Matrix { path: self.path.to_string(), job: key.to_string(), message }
+        WorkflowError::Matrix {
+            path: self.path.to_string(),
+            job: key.to_string(),
+            message,
+        }
     }
 
     /// One draft per matrix combination of `jobs.<key>`.
-    fn expand_matrix(&self, key: &str, job: &Mapping, scope: &Scope, out: &mut Vec<Draft>) -> Result<(), WorkflowError> {
-        let needs = job.get("needs").and_then(string_or_list).unwrap_or_default();
+    fn expand_matrix(
+        &self,
+        key: &str,
+        job: &Mapping,
+        scope: &Scope,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), WorkflowError> {
+        let needs = job
+            .get("needs")
+            .and_then(string_or_list)
+            .unwrap_or_default();
         let raw_matrix = job.get("strategy").and_then(|s| get(s, "matrix")).cloned();
-        let base_ctx = ExprContext { job_outputs: Some(self.job_outputs), inputs: scope.inputs.as_ref(), ..Default::default() };
+        let base_ctx = ExprContext {
+            job_outputs: Some(self.job_outputs),
+            inputs: scope.inputs.as_ref(),
+            ..Default::default()
+        };
         let (combinations, incomplete_matrix) = match &raw_matrix {
             None => (vec![Combination::new()], None),
             Some(raw) => match evaluate_node(raw, &base_ctx) {
@@ -482,22 +555,32 @@ impl JobParser<'_> {
                     matrix::expand(Some(&evaluated)).map_err(|m| self.matrix_error(key, m))?,
                     None,
                 ),
-                Err(ExprError::MissingJobOutput { job, output }) => (vec![Combination::new()], Some((job, output))),
+                Err(ExprError::MissingJobOutput { job, output }) => {
+                    (vec![Combination::new()], Some((job, output)))
+                }
                 Err(other) => return Err(self.matrix_error(key, other.to_string())),
             },
         };
         let raw_name = job.get("name").and_then(scalar_string).unwrap_or_default();
-        let uses = job.get("uses").and_then(scalar_string).filter(|u| !u.is_empty());
+        let uses = job
+            .get("uses")
+            .and_then(scalar_string)
+            .filter(|u| !u.is_empty());
         for combination in combinations {
             let count = self.job_count.get() + 1;
             if count > MAX_JOBS_PER_WORKFLOW {
                 return Err(WorkflowError::TooLarge {
                     path: self.path.to_string(),
-                    message: format!("the workflow produces more than {MAX_JOBS_PER_WORKFLOW} jobs"),
+                    message: format!(
+                        "the workflow produces more than {MAX_JOBS_PER_WORKFLOW} jobs"
+                    ),
                 });
             }
             self.job_count.set(count);
-            let ctx = ExprContext { matrix: Some(&combination), ..base_ctx };
+            let ctx = ExprContext {
+                matrix: Some(&combination),
+                ..base_ctx
+            };
             let name = if incomplete_matrix.is_some() {
                 if raw_name.is_empty() {
                     format!("{}{INCOMPLETE_SUFFIX}", name_with_matrix(key, &combination))
@@ -507,11 +590,17 @@ impl JobParser<'_> {
             } else if raw_name.is_empty() {
                 name_with_matrix(key, &combination)
             } else if let Some(original) = raw_name.strip_suffix(INCOMPLETE_SUFFIX) {
-                name_with_matrix(&interpolate(original, &ctx).unwrap_or_else(|_| original.to_string()), &combination)
+                name_with_matrix(
+                    &interpolate(original, &ctx).unwrap_or_else(|_| original.to_string()),
+                    &combination,
+                )
             } else {
                 interpolate(&raw_name, &ctx).unwrap_or_else(|_| raw_name.clone())
             };
-            let strict = ExprContext { strict_matrix: true, ..ctx };
+            let strict = ExprContext {
+                strict_matrix: true,
+                ..ctx
+            };
             let (runs_on, runs_on_error) = runs_on::evaluate_runs_on(job.get("runs-on"), &strict);
             let incomplete_runs_on = matches!(
                 runs_on_error,
@@ -543,7 +632,11 @@ impl JobParser<'_> {
 
     /// Expands a local reusable workflow call (Forgejo 15 `expandReusableWorkflows`): returns the
     /// inner jobs and turns `caller` into the placeholder job.
-    fn expand_reusable(&self, caller: &mut Draft, scope: &Scope) -> Result<Vec<Draft>, WorkflowError> {
+    fn expand_reusable(
+        &self,
+        caller: &mut Draft,
+        scope: &Scope,
+    ) -> Result<Vec<Draft>, WorkflowError> {
         let JobKind::ReusableCall { uses } = &caller.kind else {
             return Ok(Vec::new());
         };
@@ -567,7 +660,11 @@ impl JobParser<'_> {
             UsesKind::Local => {}
         }
         // Forgejo keeps the legacy single-task behaviour for calls that name their runner.
-        let raw_runs_on = caller.source.get("runs-on").map(runs_on::flatten).unwrap_or_default();
+        let raw_runs_on = caller
+            .source
+            .get("runs-on")
+            .map(runs_on::flatten)
+            .unwrap_or_default();
         if !raw_runs_on.is_empty() {
             return Ok(Vec::new());
         }
@@ -577,8 +674,10 @@ impl JobParser<'_> {
             )));
         }
         let target = uses.trim_start_matches("./");
-        let content = (self.resolve)(target).ok_or_else(|| error(format!("unable to read local workflow {uses:?}")))?;
-        let callee = load_document(target, &content).map_err(|e| error(format!("error expanding {uses:?}: {e}")))?;
+        let content = (self.resolve)(target)
+            .ok_or_else(|| error(format!("unable to read local workflow {uses:?}")))?;
+        let callee = load_document(target, &content)
+            .map_err(|e| error(format!("error expanding {uses:?}: {e}")))?;
 
         let call_id = workflow_call_id(&scope.parent_call_id, &caller.key, &caller.combination);
         let caller_ctx = ExprContext {
@@ -597,7 +696,11 @@ impl JobParser<'_> {
         let mut inner = self.parse_jobs(&callee, &inner_scope)?;
         for job in inner.iter_mut() {
             job.key = format!("{}.{}", caller.key, job.key);
-            let mut needs: Vec<String> = job.needs.iter().map(|n| format!("{}.{n}", caller.key)).collect();
+            let mut needs: Vec<String> = job
+                .needs
+                .iter()
+                .map(|n| format!("{}.{n}", caller.key))
+                .collect();
             needs.extend(caller.needs.iter().cloned());
             job.needs = needs;
             if let Some((needed, _)) = job.incomplete_matrix.as_mut() {
@@ -638,7 +741,12 @@ fn classify_uses(uses: &str) -> UsesKind {
         return UsesKind::Local;
     }
     let has_version = uses.contains(".yml@") || uses.contains(".yaml@");
-    let segments = uses.split('@').next().unwrap_or_default().split('/').count();
+    let segments = uses
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .count();
     if !uses.starts_with('.') && segments >= 3 && has_version {
         UsesKind::Remote
     } else {
@@ -648,13 +756,21 @@ fn classify_uses(uses: &str) -> UsesKind {
 
 /// Inputs of a call (`with:` evaluated, else the callee's default) and the rebuilt
 /// `on: {workflow_call: {inputs: {name: {default, type}}}}` Forgejo stores in the inner payloads.
-fn call_inputs(callee: &Document, caller: &Mapping, ctx: &ExprContext<'_>) -> Result<(Mapping, Option<Value>), ExprError> {
+fn call_inputs(
+    callee: &Document,
+    caller: &Mapping,
+    ctx: &ExprContext<'_>,
+) -> Result<(Mapping, Option<Value>), ExprError> {
     let declared = get(&callee.parts.on, "workflow_call")
         .and_then(|c| get(c, "inputs"))
         .and_then(as_mapping)
         .cloned()
         .unwrap_or_default();
-    let with = caller.get("with").and_then(as_mapping).cloned().unwrap_or_default();
+    let with = caller
+        .get("with")
+        .and_then(as_mapping)
+        .cloned()
+        .unwrap_or_default();
     let mut inputs = Mapping::new();
     let mut rebuilt = Mapping::new();
     for (name, spec) in &declared {
@@ -669,7 +785,10 @@ fn call_inputs(callee: &Document, caller: &Mapping, ctx: &ExprContext<'_>) -> Re
         }
         let mut entry = Mapping::new();
         entry.insert("default".into(), value.clone());
-        entry.insert("type".into(), get(spec, "type").cloned().unwrap_or(Value::Null));
+        entry.insert(
+            "type".into(),
+            get(spec, "type").cloned().unwrap_or(Value::Null),
+        );
         rebuilt.insert(name.clone(), Value::Mapping(entry));
         inputs.insert(name.clone(), value);
     }
@@ -713,7 +832,11 @@ fn dedup_names(drafts: &mut [Draft]) {
 }
 
 /// Renders payloads and builds the public job list.
-fn finish(path: &str, parts: &DocumentParts, drafts: Vec<Draft>) -> Result<Vec<JobSpec>, WorkflowError> {
+fn finish(
+    path: &str,
+    parts: &DocumentParts,
+    drafts: Vec<Draft>,
+) -> Result<Vec<JobSpec>, WorkflowError> {
     let mut total_bytes = 0usize;
     let mut jobs = Vec::with_capacity(drafts.len());
     for draft in drafts {
@@ -739,7 +862,13 @@ fn finish(path: &str, parts: &DocumentParts, drafts: Vec<Draft>) -> Result<Vec<J
             workflow_call_id: draft.call_id.clone(),
             workflow_call_parent: draft.call_parent.clone(),
         };
-        let payload = payload::render(parts, draft.on_override.as_ref(), &draft.key, job_yaml, &extras);
+        let payload = payload::render(
+            parts,
+            draft.on_override.as_ref(),
+            &draft.key,
+            job_yaml,
+            &extras,
+        );
         total_bytes = total_bytes.saturating_add(payload.len());
         if total_bytes > MAX_PAYLOAD_BYTES_PER_WORKFLOW {
             return Err(WorkflowError::TooLarge {
@@ -772,7 +901,9 @@ fn job_spec(draft: Draft, payload: String) -> JobSpec {
         steps: source.get("steps").map(steps).unwrap_or_default(),
         matrix: draft.combination,
         kind: draft.kind,
-        incomplete_matrix: draft.incomplete_matrix.map(|(job, output)| MissingOutput { job, output }),
+        incomplete_matrix: draft
+            .incomplete_matrix
+            .map(|(job, output)| MissingOutput { job, output }),
         incomplete_runs_on: draft.incomplete_runs_on,
         key: draft.key,
         needs: draft.needs,
@@ -797,7 +928,11 @@ fn file_name(path: &str) -> String {
 
 fn timeout_minutes(value: &Value) -> Option<u64> {
     match untagged(value) {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64)),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                .map(|f| f as u64)
+        }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -806,7 +941,10 @@ fn timeout_minutes(value: &Value) -> Option<u64> {
 /// Job-level `concurrency`: a group string or `{group, cancel-in-progress}`; matrix values are
 /// substituted in the group (Forgejo 14+ evaluates job concurrency on the server).
 fn concurrency(value: Option<&Value>, combination: &Combination) -> (Option<String>, Option<bool>) {
-    let ctx = ExprContext { matrix: Some(combination), ..Default::default() };
+    let ctx = ExprContext {
+        matrix: Some(combination),
+        ..Default::default()
+    };
     let eval = |s: String| interpolate(&s, &ctx).unwrap_or(s);
     match value.map(untagged) {
         Some(Value::Mapping(_)) => {
@@ -826,7 +964,11 @@ fn concurrency(value: Option<&Value>, combination: &Combination) -> (Option<Stri
 
 fn container(value: &Value) -> Option<ContainerSpec> {
     match untagged(value) {
-        Value::Mapping(_) => Some(ContainerSpec { image: get(value, "image").and_then(scalar_string).unwrap_or_default() }),
+        Value::Mapping(_) => Some(ContainerSpec {
+            image: get(value, "image")
+                .and_then(scalar_string)
+                .unwrap_or_default(),
+        }),
         other => scalar_string(other).map(|image| ContainerSpec { image }),
     }
 }
@@ -837,7 +979,9 @@ fn services(value: &Value) -> Vec<ServiceSpec> {
             map.iter()
                 .map(|(name, spec)| ServiceSpec {
                     name: key_string(name).unwrap_or_default(),
-                    image: get(spec, "image").and_then(scalar_string).unwrap_or_default(),
+                    image: get(spec, "image")
+                        .and_then(scalar_string)
+                        .unwrap_or_default(),
                 })
                 .collect()
         })

@@ -15,16 +15,46 @@ use super::value::{as_mapping, get, untagged};
 
 /// Keys of `jobparser.Job`, in struct order (`needs` is erased before storage).
 const JOB_KEYS: &[&str] = &[
-    "name", "runs-on", "env", "if", "steps", "timeout-minutes", "services", "strategy", "container",
-    "defaults", "outputs", "uses", "with", "secrets", "concurrency",
+    "name",
+    "runs-on",
+    "env",
+    "if",
+    "steps",
+    "timeout-minutes",
+    "services",
+    "strategy",
+    "container",
+    "defaults",
+    "outputs",
+    "uses",
+    "with",
+    "secrets",
+    "concurrency",
 ];
 /// Keys of `jobparser.Step`, in struct order.
 const STEP_KEYS: &[&str] = &[
-    "id", "if", "name", "uses", "run", "working-directory", "shell", "env", "with",
-    "continue-on-error", "timeout-minutes",
+    "id",
+    "if",
+    "name",
+    "uses",
+    "run",
+    "working-directory",
+    "shell",
+    "env",
+    "with",
+    "continue-on-error",
+    "timeout-minutes",
 ];
 /// Keys of `jobparser.ContainerSpec` (services).
-const SERVICE_KEYS: &[&str] = &["image", "env", "ports", "volumes", "options", "credentials", "cmd"];
+const SERVICE_KEYS: &[&str] = &[
+    "image",
+    "env",
+    "ports",
+    "volumes",
+    "options",
+    "credentials",
+    "cmd",
+];
 
 /// What the matrix of one job looks like in its payload.
 pub enum PayloadMatrix<'a> {
@@ -52,7 +82,10 @@ pub fn job_mapping(source: &Mapping, overrides: &JobOverrides<'_>) -> Mapping {
         let value = match *key {
             "name" => Some(Value::String(overrides.name.to_string())),
             "runs-on" => Some(runs_on_value(overrides.runs_on)),
-            "if" => overrides.if_override.clone().or_else(|| source.get(*key).cloned()),
+            "if" => overrides
+                .if_override
+                .clone()
+                .or_else(|| source.get(*key).cloned()),
             "uses" | "with" if overrides.drop_call => None,
             "steps" => source.get(*key).map(steps_value),
             "services" => source.get(*key).map(services_value),
@@ -92,7 +125,8 @@ fn services_value(services: &Value) -> Value {
     Value::Mapping(
         map.iter()
             .map(|(name, spec)| {
-                let spec = as_mapping(spec).map_or(Value::Null, |m| Value::Mapping(filtered(m, SERVICE_KEYS)));
+                let spec = as_mapping(spec)
+                    .map_or(Value::Null, |m| Value::Mapping(filtered(m, SERVICE_KEYS)));
                 (name.clone(), spec)
             })
             .collect(),
@@ -124,7 +158,10 @@ fn strategy_value(strategy: Option<&Value>, matrix: &PayloadMatrix<'_>) -> Optio
 
 fn filtered(map: &Mapping, keys: &[&str]) -> Mapping {
     keys.iter()
-        .filter_map(|k| map.get(*k).map(|v| (Value::String((*k).to_string()), v.clone())))
+        .filter_map(|k| {
+            map.get(*k)
+                .map(|v| (Value::String((*k).to_string()), v.clone()))
+        })
         .filter(|(_, v)| !is_empty(v))
         .collect()
 }
@@ -195,8 +232,15 @@ pub fn render(
         put("incomplete_runs_on", Value::Bool(true));
     }
     let mut meta = Mapping::new();
-    if let Some(inputs) = extras.workflow_call_inputs.as_ref().filter(|m| !m.is_empty()) {
-        meta.insert("workflow_call_inputs".into(), Value::Mapping(inputs.clone()));
+    if let Some(inputs) = extras
+        .workflow_call_inputs
+        .as_ref()
+        .filter(|m| !m.is_empty())
+    {
+        meta.insert(
+            "workflow_call_inputs".into(),
+            Value::Mapping(inputs.clone()),
+        );
     }
     if let Some(id) = &extras.workflow_call_id {
         meta.insert("workflow_call_id".into(), Value::String(id.clone()));

@@ -16,7 +16,10 @@ use super::value::{get, scalar_string, string_or_list, untagged};
 /// Evaluates and flattens `runs-on`. The error, if any, is an expression that could not be
 /// evaluated yet (Forgejo's "incomplete runs-on"); the labels are then computed from the partly
 /// evaluated node, as Forgejo does.
-pub fn evaluate_runs_on(raw: Option<&Value>, ctx: &ExprContext<'_>) -> (Vec<String>, Option<ExprError>) {
+pub fn evaluate_runs_on(
+    raw: Option<&Value>,
+    ctx: &ExprContext<'_>,
+) -> (Vec<String>, Option<ExprError>) {
     let Some(raw) = raw else {
         return (Vec::new(), None);
     };
@@ -63,7 +66,10 @@ mod tests {
     fn every_form_flattens_like_act() {
         assert_eq!(labels("docker"), vec!["docker"]);
         assert_eq!(labels("[a, b]"), vec!["a", "b"]);
-        assert_eq!(labels("{group: big, labels: [a, b]}"), vec!["a", "b", "big"]);
+        assert_eq!(
+            labels("{group: big, labels: [a, b]}"),
+            vec!["a", "b", "big"]
+        );
         assert_eq!(labels("{group: big}"), vec!["big"]);
         assert_eq!(labels("{labels: solo}"), vec!["solo"]);
         assert!(labels("[a, {b: c}]").is_empty());

@@ -59,23 +59,34 @@ fn check_event_value(event: &str, value: &Value, crons: &mut Vec<String>) -> Res
                 match untagged(filter) {
                     Value::String(_) => {}
                     Value::Sequence(items) => {
-                        if let Some(i) = items.iter().position(|v| !matches!(untagged(v), Value::String(_))) {
+                        if let Some(i) = items
+                            .iter()
+                            .position(|v| !matches!(untagged(v), Value::String(_)))
+                        {
                             return Err(format!("`on.{event}.{name}[{i}]` must be a string"));
                         }
                     }
                     Value::Mapping(_) => check_nested_key(event, &name)?,
-                    _ => return Err(format!("`on.{event}.{name}` must be a string, a list of strings or a mapping")),
+                    _ => {
+                        return Err(format!(
+                            "`on.{event}.{name}` must be a string, a list of strings or a mapping"
+                        ))
+                    }
                 }
             }
             Ok(())
         }
         Value::Sequence(entries) => {
             if event != "schedule" {
-                return Err(format!("`on.{event}` is a list; only `schedule` may be a list"));
+                return Err(format!(
+                    "`on.{event}` is a list; only `schedule` may be a list"
+                ));
             }
             for (i, entry) in entries.iter().enumerate() {
                 let Value::Mapping(fields) = untagged(entry) else {
-                    return Err(format!("`on.schedule[{i}]` must be a mapping with a `cron` key"));
+                    return Err(format!(
+                        "`on.schedule[{i}]` must be a mapping with a `cron` key"
+                    ));
                 };
                 for (k, v) in fields {
                     let field = key_string(k).unwrap_or_default();
@@ -92,7 +103,9 @@ fn check_event_value(event: &str, value: &Value, crons: &mut Vec<String>) -> Res
             }
             Ok(())
         }
-        _ => Err(format!("`on.{event}` must be empty, a mapping or (for schedule) a list")),
+        _ => Err(format!(
+            "`on.{event}` must be empty, a mapping or (for schedule) a list"
+        )),
     }
 }
 
@@ -118,7 +131,8 @@ mod tests {
         assert!(parse("push").unwrap().push);
         let t = parse("[push, workflow_dispatch]").unwrap();
         assert!(t.push && t.workflow_dispatch);
-        let t = parse("{schedule: [{cron: '*/5 * * * *'}, {cron: '@daily'}], pull_request: }").unwrap();
+        let t =
+            parse("{schedule: [{cron: '*/5 * * * *'}, {cron: '@daily'}], pull_request: }").unwrap();
         assert!(!t.push);
         assert_eq!(t.schedules, vec!["*/5 * * * *", "@daily"]);
         assert_eq!(t.events, vec!["schedule", "pull_request"]);
