@@ -18,8 +18,8 @@ use super::{
     duration::{show, ConfigDuration},
     error::{ConfigError, ConfigWarning, Source},
     raw::{RawConfig, RawDocker, RawForgejo, RawHttp, RawLimits, RawPool, RawRunner, RawTimeouts},
-    token, BackendKind, Config, ForgejoConfig, HttpConfig, Label, Limits, PoolConfig,
-    RunnerConfig, Scope, StoreConfig, Timeouts, TokenSource,
+    token, BackendKind, Config, ForgejoConfig, HttpConfig, Label, Limits, PoolConfig, RunnerConfig,
+    Scope, StoreConfig, Timeouts, TokenSource,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -44,7 +44,11 @@ pub(super) fn build(raw: RawConfig, source: &Source<'_>, base_dir: &Path) -> Res
     let limits = checker.limits(raw.limits)?;
     let timeouts = checker.timeouts(raw.timeouts, &defaults::TIMEOUTS)?;
     let store = StoreConfig {
-        path: checker.resolve(&raw.store.path.unwrap_or_else(|| defaults::STORE_PATH.into())),
+        path: checker.resolve(
+            &raw.store
+                .path
+                .unwrap_or_else(|| defaults::STORE_PATH.into()),
+        ),
     };
     let http = checker.http(raw.http)?;
     let pools = checker.pools(raw.pools, &forgejo, &limits, &timeouts)?;
@@ -124,7 +128,11 @@ impl Checker<'_> {
             ));
         };
         let scopes = self.scope_list(scopes, "scopes", "list at least one, e.g. [\"org:NAME\"]")?;
-        let poll_interval = self.duration(raw.poll_interval.clone(), defaults::POLL_INTERVAL, "poll_interval")?;
+        let poll_interval = self.duration(
+            raw.poll_interval.clone(),
+            defaults::POLL_INTERVAL,
+            "poll_interval",
+        )?;
         if let Some(value) = &raw.poll_interval {
             if poll_interval < defaults::MIN_POLL_INTERVAL {
                 return Err(self.error(
@@ -136,8 +144,11 @@ impl Checker<'_> {
                 ));
             }
         }
-        let request_timeout =
-            self.duration(raw.request_timeout, defaults::REQUEST_TIMEOUT, "request_timeout")?;
+        let request_timeout = self.duration(
+            raw.request_timeout,
+            defaults::REQUEST_TIMEOUT,
+            "request_timeout",
+        )?;
         Ok(ForgejoConfig {
             url,
             token,
@@ -191,7 +202,9 @@ impl Checker<'_> {
         let host = parsed.host_str().unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         if parsed.scheme() == "http" && !loopback {
             self.warn(
                 &span,
@@ -236,7 +249,10 @@ impl Checker<'_> {
             None => Ok(default),
             Some(v) if v.get_ref().0.is_zero() => Err(self.error(
                 &v.span(),
-                format!("{key} is zero; give a positive duration (default \"{}\")", show(default)),
+                format!(
+                    "{key} is zero; give a positive duration (default \"{}\")",
+                    show(default)
+                ),
             )),
             Some(v) => Ok(v.get_ref().0),
         }
@@ -252,7 +268,11 @@ impl Checker<'_> {
         };
         Ok(RunnerConfig {
             binary,
-            fetch_interval: self.duration(raw.fetch_interval, defaults::FETCH_INTERVAL, "fetch_interval")?,
+            fetch_interval: self.duration(
+                raw.fetch_interval,
+                defaults::FETCH_INTERVAL,
+                "fetch_interval",
+            )?,
             env: self.env(raw.env)?,
         })
     }
@@ -268,7 +288,11 @@ impl Checker<'_> {
 
     fn limits(&self, raw: RawLimits) -> Result<Limits> {
         Ok(Limits {
-            max_runners: self.at_least_one(raw.max_runners, defaults::MAX_RUNNERS, "max_runners")?,
+            max_runners: self.at_least_one(
+                raw.max_runners,
+                defaults::MAX_RUNNERS,
+                "max_runners",
+            )?,
             max_parallel_operations: self.at_least_one(
                 raw.max_parallel_operations,
                 defaults::MAX_PARALLEL_OPERATIONS,
@@ -354,7 +378,14 @@ impl Checker<'_> {
         let mut pools = Vec::new();
         for entry in raw {
             let span = entry.span();
-            let pool = self.pool(entry.into_inner(), &span, forgejo, limits, timeouts, &first_line_of)?;
+            let pool = self.pool(
+                entry.into_inner(),
+                &span,
+                forgejo,
+                limits,
+                timeouts,
+                &first_line_of,
+            )?;
             first_line_of.insert(pool.name.clone(), self.source.position(span.start).0);
             let names: BTreeSet<String> = pool.label_names().map(str::to_string).collect();
             if let Some(other) = label_sets.get(&names) {
@@ -396,11 +427,15 @@ impl Checker<'_> {
             ));
         }
         let labels = self.labels(raw.labels, span, name.get_ref())?;
-        let backend = raw.backend.as_ref().map_or(BackendKind::Process, |b| *b.get_ref());
+        let backend = raw
+            .backend
+            .as_ref()
+            .map_or(BackendKind::Process, |b| *b.get_ref());
         let max_runners = match raw.max_runners {
             None => limits.max_runners,
             Some(value) => {
-                let n = self.at_least_one(Some(value.clone()), limits.max_runners, "max_runners")?;
+                let n =
+                    self.at_least_one(Some(value.clone()), limits.max_runners, "max_runners")?;
                 if n > limits.max_runners {
                     return Err(self.error(
                         &value.span(),
@@ -440,7 +475,11 @@ impl Checker<'_> {
                         ));
                     }
                 }
-                Some(self.scope_list(list, "scopes", "remove the key to serve every scope of [forgejo]")?)
+                Some(self.scope_list(
+                    list,
+                    "scopes",
+                    "remove the key to serve every scope of [forgejo]",
+                )?)
             }
         };
         let docker = match (backend, raw.docker) {
@@ -488,7 +527,9 @@ impl Checker<'_> {
         if list.get_ref().is_empty() {
             return Err(self.error(
                 &list.span(),
-                format!("pool \"{pool}\" has an empty label list; list the labels its runners offer"),
+                format!(
+                    "pool \"{pool}\" has an empty label list; list the labels its runners offer"
+                ),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -527,12 +568,17 @@ impl Checker<'_> {
         if let Some(cpus) = &raw.cpus {
             let n = *cpus.get_ref();
             if !(n.is_finite() && n > 0.0) {
-                return Err(self.error(&cpus.span(), format!("cpus = {n} must be a positive number, e.g. 2 or 1.5")));
+                return Err(self.error(
+                    &cpus.span(),
+                    format!("cpus = {n} must be a positive number, e.g. 2 or 1.5"),
+                ));
             }
         }
         let memory = match &raw.memory {
             None => None,
-            Some(m) => Some(docker::parse_memory(m.get_ref()).map_err(|e| self.error(&m.span(), e))?),
+            Some(m) => {
+                Some(docker::parse_memory(m.get_ref()).map_err(|e| self.error(&m.span(), e))?)
+            }
         };
         if let Some(pids) = &raw.pids_limit {
             if *pids.get_ref() == 0 {
@@ -541,7 +587,8 @@ impl Checker<'_> {
         }
         let mut volumes = Vec::new();
         for volume in &raw.volumes {
-            let mut mount = docker::parse_volume(volume.get_ref()).map_err(|e| self.error(&volume.span(), e))?;
+            let mut mount = docker::parse_volume(volume.get_ref())
+                .map_err(|e| self.error(&volume.span(), e))?;
             if mount.source.contains('/') {
                 mount.source = self.resolve(Path::new(&mount.source)).display().to_string();
             }
@@ -559,7 +606,10 @@ impl Checker<'_> {
             }
             other => other.as_ref().map(|u| u.get_ref().trim().to_string()),
         };
-        let network = raw.network.as_ref().map_or_else(Default::default, |n| *n.get_ref());
+        let network = raw
+            .network
+            .as_ref()
+            .map_or_else(Default::default, |n| *n.get_ref());
         if let Some(n) = &raw.network {
             if *n.get_ref() == docker::DockerNetwork::Host {
                 self.warn(&n.span(), "network = \"host\" lets jobs reach every service of the host; prefer \"bridge\"");
@@ -597,7 +647,9 @@ fn check_pool_name(name: &str) -> std::result::Result<(), String> {
 
 fn check_env_name(name: &str) -> std::result::Result<(), String> {
     let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if valid {
         Ok(())

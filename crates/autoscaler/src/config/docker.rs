@@ -89,7 +89,9 @@ pub(super) fn parse_volume(text: &str) -> Result<VolumeMount, String> {
         }
     };
     if source.is_empty() {
-        return Err(format!("volume \"{text}\": the source is empty; name a host path or a volume"));
+        return Err(format!(
+            "volume \"{text}\": the source is empty; name a host path or a volume"
+        ));
     }
     if !target.starts_with('/') {
         return Err(format!(
@@ -141,7 +143,10 @@ pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
 /// Checks a `docker_host` address.
 pub(super) fn check_docker_host(text: &str) -> Result<(), String> {
     let known = ["unix://", "tcp://", "ssh://", "npipe://"];
-    if known.iter().any(|p| text.starts_with(p) && text.len() > p.len()) {
+    if known
+        .iter()
+        .any(|p| text.starts_with(p) && text.len() > p.len())
+    {
         Ok(())
     } else {
         Err(format!(

@@ -60,6 +60,9 @@ mod tests {
     #[test]
     fn show_round_trips() {
         assert_eq!(show(Duration::from_secs(120)), "2m");
-        assert_eq!(parse_duration(&show(Duration::from_secs(5400))), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration(&show(Duration::from_secs(5400))),
+            Ok(Duration::from_secs(5400))
+        );
     }
 }

@@ -107,7 +107,7 @@ impl Source<'_> {
     }
 
     /// Turns a TOML syntax error (from the first, untyped pass) into a positioned error.
-    pub fn from_syntax_error(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn syntax_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let one_line = err
             .message()
@@ -126,7 +126,7 @@ impl Source<'_> {
 
     /// Turns an error of the typed pass (unknown key, wrong type, or one raised by this
     /// module's own `Deserialize` impls) into a positioned error in plain language.
-    pub fn from_typed_error(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn typed_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let key = self.key_of_value_at(span.start);
         let message = rewrite_message(err.message(), key.as_deref());

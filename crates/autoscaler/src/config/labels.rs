@@ -54,7 +54,9 @@ impl FromStr for Label {
         check_name(raw, name)?;
         let schema = match schema {
             None => LabelSchema::Docker(DEFAULT_DOCKER_IMAGE.to_string()),
-            Some("docker") => LabelSchema::Docker(argument(raw, "docker", arg, DEFAULT_DOCKER_IMAGE)?),
+            Some("docker") => {
+                LabelSchema::Docker(argument(raw, "docker", arg, DEFAULT_DOCKER_IMAGE)?)
+            }
             Some("lxc") => LabelSchema::Lxc(argument(raw, "lxc", arg, DEFAULT_LXC_TEMPLATE)?),
             Some("host") if arg.is_none() => LabelSchema::Host,
             Some("host") => {
@@ -159,15 +161,27 @@ mod tests {
 
     #[test]
     fn the_runners_rules() {
-        assert_eq!(schema("ubuntu"), LabelSchema::Docker("node:22-bookworm".into()));
-        assert_eq!(schema("x:docker"), LabelSchema::Docker("node:22-bookworm".into()));
+        assert_eq!(
+            schema("ubuntu"),
+            LabelSchema::Docker("node:22-bookworm".into())
+        );
+        assert_eq!(
+            schema("x:docker"),
+            LabelSchema::Docker("node:22-bookworm".into())
+        );
         assert_eq!(
             schema("trixie:docker://debian:trixie"),
             LabelSchema::Docker("debian:trixie".into())
         );
         assert_eq!(schema("self-hosted:host"), LabelSchema::Host);
-        assert_eq!(schema("lxc:lxc://debian:trixie"), LabelSchema::Lxc("debian:trixie".into()));
-        assert_eq!(schema("lxc:lxc"), LabelSchema::Lxc("debian:bookworm".into()));
+        assert_eq!(
+            schema("lxc:lxc://debian:trixie"),
+            LabelSchema::Lxc("debian:trixie".into())
+        );
+        assert_eq!(
+            schema("lxc:lxc"),
+            LabelSchema::Lxc("debian:bookworm".into())
+        );
         let label: Label = "trixie:docker://debian:trixie".parse().unwrap();
         assert_eq!(label.name, "trixie");
         assert_eq!(label.raw, "trixie:docker://debian:trixie");

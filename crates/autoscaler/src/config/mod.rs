@@ -3,10 +3,10 @@
 //!
 //! Reading happens in three passes, each with one job:
 //! 1. syntax: the text must be TOML (`toml::de::DeTable`);
-//! 2. shape: [`raw`] mirrors the file with `deny_unknown_fields` everywhere, and the value
+//! 2. shape: `raw.rs` mirrors the file with `deny_unknown_fields` everywhere, and the value
 //!    types (durations, scopes, labels) parse themselves, so a typo or a wrong type is
 //!    reported at the exact key or value;
-//! 3. meaning: [`build`] applies defaults, resolves paths relative to the file's directory
+//! 3. meaning: `build.rs` applies defaults, resolves paths relative to the file's directory
 //!    and checks what involves several keys (caps, duplicates, token sources, ...).
 //!
 //! The reference file `config/reference.toml` at the repository root documents every key;
@@ -261,9 +261,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let source = error::Source { file: path, text };
     if let Err(err) = toml::de::DeTable::parse(text) {
-        return Err(source.from_syntax_error(&err));
+        return Err(source.syntax_error(&err));
     }
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| source.from_typed_error(&e))?;
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| source.typed_error(&e))?;
     let base_dir = base_dir_of(path);
     build::build(raw, &source, &base_dir)
 }
@@ -278,6 +278,15 @@ fn base_dir_of(path: &Path) -> PathBuf {
         parent
     };
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Process => "process",
+            BackendKind::Docker => "docker",
+        })
+    }
 }
 
 impl std::fmt::Display for VersionSetting {

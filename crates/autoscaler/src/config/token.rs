@@ -46,7 +46,9 @@ impl TokenSource {
             TokenSource::Env(name) => {
                 let value = std::env::var(name).map_err(|e| match e {
                     std::env::VarError::NotPresent => TokenError::EnvMissing { name: name.clone() },
-                    std::env::VarError::NotUnicode(_) => TokenError::EnvInvalid { name: name.clone() },
+                    std::env::VarError::NotUnicode(_) => {
+                        TokenError::EnvInvalid { name: name.clone() }
+                    }
                 })?;
                 let token = value.trim();
                 if token.is_empty() {
@@ -133,7 +135,10 @@ mod tests {
         let (_dir, path) = token_file("s3cret-value\n", 0o644);
         let read = TokenSource::File(path).read().unwrap();
         let warning = read.warning.unwrap();
-        assert!(warning.contains("mode 644") && warning.contains("chmod 600"), "{warning}");
+        assert!(
+            warning.contains("mode 644") && warning.contains("chmod 600"),
+            "{warning}"
+        );
         assert!(!warning.contains("s3cret"));
     }
 
@@ -141,18 +146,30 @@ mod tests {
     fn bad_files_are_explained_without_the_value() {
         let (_dir, path) = token_file("two\nlines-s3cret\n", 0o600);
         let err = TokenSource::File(path).read().unwrap_err().to_string();
-        assert!(err.contains("more than the token") && !err.contains("s3cret"), "{err}");
+        assert!(
+            err.contains("more than the token") && !err.contains("s3cret"),
+            "{err}"
+        );
         let (_dir, path) = token_file("\n", 0o600);
-        assert!(matches!(TokenSource::File(path).read(), Err(TokenError::EmptyFile { .. })));
+        assert!(matches!(
+            TokenSource::File(path).read(),
+            Err(TokenError::EmptyFile { .. })
+        ));
         let missing = TokenSource::File(PathBuf::from("/nonexistent/token"));
         let err = missing.read().unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/token") && err.contains("0600"), "{err}");
+        assert!(
+            err.contains("/nonexistent/token") && err.contains("0600"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_missing_variable_is_named() {
         let source = TokenSource::Env("FORGEJO_AUTOSCALER_TEST_SURELY_UNSET".into());
         let err = source.read().unwrap_err().to_string();
-        assert!(err.contains("FORGEJO_AUTOSCALER_TEST_SURELY_UNSET is not set"), "{err}");
+        assert!(
+            err.contains("FORGEJO_AUTOSCALER_TEST_SURELY_UNSET is not set"),
+            "{err}"
+        );
     }
 }
