@@ -2,9 +2,15 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map and the invariants.
 
+pub mod backend;
+pub mod clock;
 pub mod config;
 pub mod forgejo;
+pub mod metrics;
 pub mod plan;
 pub mod pools;
+pub mod provision;
+pub mod reconcile;
+pub mod runtime;
 pub mod secret;
 pub mod store;

@@ -73,6 +73,9 @@ pub struct BackendError {
 
 pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
+    /// The instance's work directory as the runner sees it (credential file paths in the
+    /// runner's arguments are built from it).
+    fn work_dir(&self, id: &str) -> PathBuf;
     /// Starts the instance; returns its backend reference.
     fn create(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<String, BackendError>>;
     /// Stops and removes the instance (idempotent: an instance already gone is fine).

@@ -50,6 +50,7 @@ pub struct ProcessBackend {
 
 impl ProcessBackend {
     pub fn new(state_dir: &Path, exited: Arc<Notify>) -> std::io::Result<ProcessBackend> {
+        let state_dir = std::path::absolute(state_dir)?;
         let instances_dir = state_dir.join("instances");
         let logs_dir = state_dir.join("logs");
         create_private_dir(&instances_dir)?;
@@ -178,6 +179,10 @@ impl ProcessBackend {
 impl Backend for ProcessBackend {
     fn kind(&self) -> &'static str {
         "process"
+    }
+
+    fn work_dir(&self, id: &str) -> PathBuf {
+        self.dir(id)
     }
 
     fn create(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<String, BackendError>> {

@@ -6,7 +6,7 @@ mod retry;
 mod types;
 mod version;
 
-pub use client::{ForgejoClient, ForgejoClientOptions};
+pub use client::{ForgejoClient, ForgejoClientOptions, RequestCounts as RequestCountsSnapshot};
 pub use retry::RetryPolicy;
 pub use types::{ApiScope, CreatedRunner, ForgejoError, Job, JobStatus, RunnerInfo};
 pub use version::{Capabilities, ForgejoVersion};

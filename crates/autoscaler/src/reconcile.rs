@@ -1,0 +1,782 @@
+//! The reconcile loop (design.md "Three sources, one loop"): every tick it observes Forgejo's
+//! jobs, Forgejo's runners (15), the backend's instances and the store, asks the pure planner
+//! what to do, and hands the actions to an executor with bounded concurrency.
+//!
+//! The loop is level-triggered: a tick derives everything from what it observes, so a lost
+//! wake-up, a failed action or a restart is repaired by the next tick. The only memory kept
+//! between ticks is the confirmation counters (how many observations in a row agreed that
+//! something is missing), the pools' creation backoff, and what was already reported.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::{
+    backend::{InstanceStatus, ObservedInstance},
+    clock::now_ms,
+    forgejo::{ApiScope, ForgejoError, Job, JobStatus, RunnerInfo},
+    metrics::{PoolLabel, PoolReasonLabel, PoolStateLabel},
+    plan::{
+        self, Action, BackendObs, InstanceView, JobKey, JobObs, JobRef, Observed, OrphanView, Plan, Reason, RunnerObs,
+        ScopeJobs, Strategy, Unmatched,
+    },
+    runtime::Runtime,
+    store::{InstanceRecord, InstanceState},
+};
+
+/// How often (in ticks) the Forgejo 15 runners are listed when no instance needs it, to find
+/// runners orphaned by a crash. Idle cost stays one jobs request per scope per poll otherwise.
+const ORPHAN_SCAN_EVERY: u64 = 30;
+
+/// A snapshot for the status API, `plan` and `explain`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub at_ms: u64,
+    pub plan: Plan,
+    pub instances: Vec<InstanceView>,
+    pub jobs: Vec<ScopeJobs>,
+    pub errors: Vec<String>,
+    pub forgejo_reachable: bool,
+}
+
+#[derive(Default)]
+struct Memory {
+    job_absent: HashMap<String, u32>,
+    backend_missing: HashMap<String, u32>,
+    runner_gone: HashMap<String, u32>,
+    idle_while_running: HashMap<String, u32>,
+    orphan_instances: HashMap<String, (u64, u32)>,
+    orphan_runners: HashMap<(ApiScope, i64), (u64, u32)>,
+    unmatched_reported: HashSet<i64>,
+    at_capacity: BTreeSet<String>,
+    /// First time each waiting job was seen, for the job wait histogram.
+    first_seen_waiting: HashMap<i64, (u64, String)>,
+    ticks: u64,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until_ms: u64,
+}
+
+pub struct Reconciler {
+    rt: Arc<Runtime>,
+    memory: Memory,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    backoff: Arc<Mutex<HashMap<String, Backoff>>>,
+    semaphore: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// Jobs run to completion by our instances (for `--max-jobs`).
+    jobs_done: Arc<std::sync::atomic::AtomicU32>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+/// What `run` should do and when to stop.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many jobs ran to completion on our runners.
+    pub max_jobs: Option<u32>,
+}
+
+impl Reconciler {
+    pub fn new(rt: Arc<Runtime>) -> Reconciler {
+        let parallel = rt.config.limits.max_parallel_operations.max(1) as usize;
+        Reconciler {
+            rt,
+            memory: Memory::default(),
+            in_flight: Arc::default(),
+            backoff: Arc::default(),
+            semaphore: Arc::new(Semaphore::new(parallel)),
+            tasks: JoinSet::new(),
+            jobs_done: Arc::default(),
+            snapshot: Arc::default(),
+        }
+    }
+
+    pub fn jobs_done(&self) -> u32 {
+        self.jobs_done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs until `shutdown` resolves (then drains) or `max_jobs` jobs are done.
+    pub async fn run(mut self, options: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<u32> {
+        self.recover().await?;
+        let poll = self.rt.config.forgejo.poll_interval;
+        tokio::pin!(shutdown);
+        loop {
+            let budget = options.max_jobs.map(|max| self.create_budget(max));
+            let done = options.max_jobs.is_some_and(|max| self.jobs_done() >= max);
+            self.tick(done, budget).await;
+            if done && self.idle()? {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.rt.wake.notified() => {
+                    // Let sibling exits land in the same tick.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = &mut shutdown => {
+                    let drain = self.rt.config.timeouts.drain;
+                    tracing::info!(?drain, "shutting down: no new runners; running jobs may finish until the drain timeout");
+                    return drain_then(self, drain).await;
+                }
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+        Ok(self.jobs_done())
+    }
+
+    /// Nothing live and nothing in flight.
+    fn idle(&self) -> anyhow::Result<bool> {
+        let in_flight = self.in_flight.lock().map(|s| s.is_empty()).unwrap_or(false);
+        Ok(in_flight && self.tasks.is_empty() && self.rt.store.live_instances()?.is_empty())
+    }
+
+    /// Jobs still allowed to get an instance under `--max-jobs`.
+    fn create_budget(&self, max: u32) -> u32 {
+        let live_with_job = self
+            .rt
+            .store
+            .live_instances()
+            .map(|l| l.iter().filter(|r| r.job_id.is_some() && r.state != InstanceState::Deleting).count() as u32)
+            .unwrap_or(u32::MAX);
+        max.saturating_sub(self.jobs_done()).saturating_sub(live_with_job)
+    }
+
+    /// After a restart: adopt what runs, remove what a crash interrupted.
+    pub async fn recover(&mut self) -> anyhow::Result<()> {
+        let records = self.rt.store.live_instances()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let listed = self.rt.backend.list().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let by_id: HashMap<&str, &ObservedInstance> = listed.iter().map(|i| (i.id.as_str(), i)).collect();
+        let now = now_ms();
+        let mut adopted = 0;
+        for record in records {
+            match record.state {
+                InstanceState::Starting => match by_id.get(record.id.as_str()) {
+                    Some(found) if found.status == InstanceStatus::Running && record.runner_id.is_some() => {
+                        self.rt.store.set_backend_ref(&record.id, &found.backend_ref)?;
+                        self.rt.store.set_state(&record.id, InstanceState::Running, now, None, Some("adopted after restart"))?;
+                        adopted += 1;
+                    }
+                    _ => self.execute(Action::Delete { id: record.id.clone(), reason: Reason::Interrupted }),
+                },
+                InstanceState::Deleting => {
+                    self.execute(Action::Delete { id: record.id.clone(), reason: Reason::TeardownRetry })
+                }
+                InstanceState::Running => adopted += 1,
+                InstanceState::Gone => {}
+            }
+        }
+        tracing::info!(adopted, "recovered state from the store");
+        Ok(())
+    }
+
+    /// One observation, plan and dispatch.
+    pub async fn tick(&mut self, draining: bool, create_budget: Option<u32>) {
+        let started = Instant::now();
+        let (observed, errors) = self.observe(draining, create_budget).await;
+        let plan = plan::plan(&observed, &self.rt.pools, plan::Limits { max_runners: self.rt.config.limits.max_runners });
+        self.apply(&observed, &plan);
+        let reachable = observed.jobs.iter().any(|s| s.jobs.is_some());
+        if reachable {
+            self.rt.metrics.last_tick_success.set((now_ms() / 1000) as i64);
+        }
+        self.rt.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
+        self.rt.metrics.sync_requests(&self.rt.client.request_counts());
+        if let Ok(mut snapshot) = self.snapshot.lock() {
+            *snapshot = Snapshot {
+                at_ms: observed.now_ms,
+                plan,
+                instances: observed.instances,
+                jobs: observed.jobs,
+                errors,
+                forgejo_reachable: reachable,
+            };
+        }
+    }
+
+    /// Reads the three sources and the store. Never fails: what could not be read is
+    /// `Unknown` / `None` and the error is returned for reporting.
+    pub async fn observe(&mut self, draining: bool, create_budget: Option<u32>) -> (Observed, Vec<String>) {
+        let rt = self.rt.clone();
+        let mut errors = Vec::new();
+        self.memory.ticks += 1;
+
+        let mut jobs = Vec::new();
+        for scope in &rt.scopes {
+            let labels = rt
+                .version
+                .capabilities()
+                .jobs_need_label_superset
+                .then(|| crate::pools::label_query(&rt.pools, scope));
+            match rt.client.list_jobs(scope, rt.version, labels.as_deref()).await {
+                Ok(list) => jobs.push(ScopeJobs { scope: scope.clone(), jobs: Some(list) }),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    jobs.push(ScopeJobs { scope: scope.clone(), jobs: None });
+                }
+            }
+        }
+
+        let records = match rt.store.live_instances() {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(format!("store: {e:#}"));
+                Vec::new()
+            }
+        };
+        let listed = match rt.backend.list().await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
+
+        let runners = self.observe_runners(&records, &mut errors).await;
+        let now = now_ms();
+        let in_flight = self.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
+        let instances = records
+            .iter()
+            .map(|record| self.view(record, &jobs, listed.as_deref(), &runners, in_flight.contains(&record.id)))
+            .collect();
+        let orphan_instances = self.orphan_instances(&records, listed.as_deref(), &in_flight, now);
+        let orphan_runners = self.orphan_runners(&records, &runners, now);
+        let backoff_pools = self
+            .backoff
+            .lock()
+            .map(|b| b.iter().filter(|(_, b)| b.until_ms > now).map(|(p, _)| p.clone()).collect())
+            .unwrap_or_default();
+        self.observe_job_waits(&jobs, now);
+        let observed = Observed {
+            now_ms: now,
+            strategy: rt.strategy,
+            jobs,
+            instances,
+            orphan_instances,
+            orphan_runners,
+            backoff_pools,
+            draining,
+            create_budget,
+        };
+        (observed, errors)
+    }
+
+    /// Forgejo 15: runners of each scope where we have runners (or periodically, for orphans).
+    async fn observe_runners(
+        &mut self,
+        records: &[InstanceRecord],
+        errors: &mut Vec<String>,
+    ) -> BTreeMap<ApiScope, Option<Vec<RunnerInfo>>> {
+        let mut out = BTreeMap::new();
+        if self.rt.strategy != Strategy::Ephemeral {
+            return out;
+        }
+        let scan_all = self.memory.ticks % ORPHAN_SCAN_EVERY == 1;
+        for scope in &self.rt.scopes {
+            let needed = scan_all || records.iter().any(|r| r.runner_id.is_some() && r.scope == scope.to_string());
+            if !needed {
+                continue;
+            }
+            match self.rt.client.list_runners(scope).await {
+                Ok(list) => {
+                    out.insert(scope.clone(), Some(list));
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    out.insert(scope.clone(), None);
+                }
+            }
+        }
+        out
+    }
+
+    fn view(
+        &mut self,
+        record: &InstanceRecord,
+        jobs: &[ScopeJobs],
+        listed: Option<&[ObservedInstance]>,
+        runners: &BTreeMap<ApiScope, Option<Vec<RunnerInfo>>>,
+        in_flight: bool,
+    ) -> InstanceView {
+        let scope: ApiScope = record.scope.parse().unwrap_or(ApiScope::User);
+        let job = record.job_id.map(|id| JobKey { id, handle: record.job_handle.clone() });
+        let m = &mut self.memory;
+
+        let backend = match listed {
+            None => BackendObs::Unknown,
+            Some(list) => match list.iter().find(|i| i.id == record.id) {
+                Some(found) => {
+                    m.backend_missing.remove(&record.id);
+                    match found.status {
+                        InstanceStatus::Running => BackendObs::Running,
+                        InstanceStatus::Exited { code } => BackendObs::Exited { code },
+                    }
+                }
+                None if record.state == InstanceState::Running => {
+                    let count = bump(&mut m.backend_missing, &record.id);
+                    BackendObs::Missing { count }
+                }
+                None => BackendObs::Unknown,
+            },
+        };
+
+        let job_obs = match (&job, jobs.iter().find(|s| s.scope == scope).and_then(|s| s.jobs.as_ref())) {
+            (None, _) | (_, None) => JobObs::Unknown,
+            (Some(key), Some(list)) => {
+                let found = list.iter().find(|j| j.id == key.id && (key.handle.is_none() || j.handle == key.handle));
+                match found {
+                    Some(j) => {
+                        m.job_absent.remove(&record.id);
+                        if j.status == JobStatus::Running { JobObs::Running } else { JobObs::Waiting }
+                    }
+                    None => JobObs::Absent { count: bump(&mut m.job_absent, &record.id) },
+                }
+            }
+        };
+
+        let runner = match (record.runner_id, runners.get(&scope)) {
+            (_, _) if self.rt.strategy != Strategy::Ephemeral => RunnerObs::NotTracked,
+            (None, _) => RunnerObs::NotTracked,
+            (Some(_), None) | (Some(_), Some(None)) => RunnerObs::Unknown,
+            (Some(id), Some(Some(list))) => match list.iter().find(|r| r.id == id) {
+                Some(r) => {
+                    m.runner_gone.remove(&record.id);
+                    match r.status.as_str() {
+                        "active" => RunnerObs::Active,
+                        "offline" => RunnerObs::Offline,
+                        _ => RunnerObs::Idle,
+                    }
+                }
+                None if record.state == InstanceState::Running => {
+                    RunnerObs::Gone { count: bump(&mut m.runner_gone, &record.id) }
+                }
+                None => RunnerObs::Unknown,
+            },
+        };
+
+        let idle_while_job_running = if job_obs == JobObs::Running && runner == RunnerObs::Idle {
+            bump(&mut m.idle_while_running, &record.id)
+        } else {
+            m.idle_while_running.remove(&record.id);
+            0
+        };
+
+        InstanceView {
+            id: record.id.clone(),
+            pool: record.pool.clone(),
+            scope,
+            state: record.state,
+            job,
+            created_ms: record.created_ms,
+            state_since_ms: record.state_since_ms,
+            busy_since_ms: record.busy_since_ms,
+            backend,
+            runner,
+            job_obs,
+            idle_while_job_running,
+            in_flight,
+        }
+    }
+
+    fn orphan_instances(
+        &mut self,
+        records: &[InstanceRecord],
+        listed: Option<&[ObservedInstance]>,
+        in_flight: &HashSet<String>,
+        now: u64,
+    ) -> Vec<OrphanView> {
+        let Some(listed) = listed else { return Vec::new() };
+        let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let current: HashSet<String> = listed
+            .iter()
+            .filter(|i| !known.contains(i.id.as_str()) && !in_flight.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect();
+        self.memory.orphan_instances.retain(|id, _| current.contains(id));
+        current
+            .into_iter()
+            .map(|id| {
+                let entry = self.memory.orphan_instances.entry(id.clone()).or_insert((now, 0));
+                entry.1 += 1;
+                OrphanView { key: id, scope: None, first_seen_ms: entry.0, seen_count: entry.1 }
+            })
+            .collect()
+    }
+
+    fn orphan_runners(
+        &mut self,
+        records: &[InstanceRecord],
+        runners: &BTreeMap<ApiScope, Option<Vec<RunnerInfo>>>,
+        now: u64,
+    ) -> Vec<OrphanView> {
+        let tag = self.rt.provisioner.owner_tag();
+        let known: HashSet<i64> = records.iter().filter_map(|r| r.runner_id).collect();
+        let mut current = HashSet::new();
+        for (scope, list) in runners {
+            for runner in list.iter().flatten() {
+                if runner.description.starts_with(&tag) && !known.contains(&runner.id) {
+                    current.insert((scope.clone(), runner.id));
+                }
+            }
+        }
+        // Only scopes listed this tick can confirm or clear their orphans.
+        self.memory
+            .orphan_runners
+            .retain(|key, _| current.contains(key) || !matches!(runners.get(&key.0), Some(Some(_))));
+        current
+            .into_iter()
+            .map(|key| {
+                let entry = self.memory.orphan_runners.entry(key.clone()).or_insert((now, 0));
+                entry.1 += 1;
+                OrphanView { key: key.1.to_string(), scope: Some(key.0), first_seen_ms: entry.0, seen_count: entry.1 }
+            })
+            .collect()
+    }
+
+    /// Job wait as this autoscaler sees it: first seen waiting -> first seen running.
+    fn observe_job_waits(&mut self, jobs: &[ScopeJobs], now: u64) {
+        for scope_jobs in jobs {
+            let Some(list) = &scope_jobs.jobs else { continue };
+            for job in list {
+                match job.status {
+                    JobStatus::Waiting => {
+                        let pool = crate::pools::best_pool(&self.rt.pools, &scope_jobs.scope, &job.runs_on)
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default();
+                        self.memory.first_seen_waiting.entry(job.id).or_insert((now, pool));
+                    }
+                    JobStatus::Running => {
+                        if let Some((since, pool)) = self.memory.first_seen_waiting.remove(&job.id) {
+                            if !pool.is_empty() {
+                                self.rt
+                                    .metrics
+                                    .job_wait
+                                    .get_or_create(&PoolLabel { pool })
+                                    .observe(now.saturating_sub(since) as f64 / 1000.0);
+                            }
+                        }
+                    }
+                    JobStatus::Other => {}
+                }
+            }
+        }
+        if self.memory.first_seen_waiting.len() > 100_000 {
+            self.memory.first_seen_waiting.clear();
+        }
+    }
+
+    fn apply(&mut self, observed: &Observed, plan: &Plan) {
+        for id in &plan.became_busy {
+            if let Err(e) = self.rt.store.set_busy(id, observed.now_ms) {
+                tracing::warn!(instance = %id, error = %e, "cannot record that the instance is busy");
+            }
+        }
+        self.report(observed, plan);
+        for action in plan.actions.iter().cloned() {
+            self.execute(action);
+        }
+    }
+
+    /// Logs what changed since the last tick (at capacity, unmatched jobs) once, and updates gauges.
+    fn report(&mut self, observed: &Observed, plan: &Plan) {
+        let metrics = &self.rt.metrics;
+        for (name, usage) in &plan.pools {
+            metrics.waiting_jobs.get_or_create(&PoolLabel { pool: name.clone() }).set(usage.waiting_jobs as i64);
+            let was = self.memory.at_capacity.contains(name);
+            let now = usage.blocked_by_cap > 0;
+            if now && !was {
+                tracing::info!(pool = %name, used = usage.used, cap = usage.cap, waiting = usage.waiting_jobs, "pool at capacity; jobs wait for a free slot");
+                self.memory.at_capacity.insert(name.clone());
+            } else if !now && was {
+                tracing::info!(pool = %name, "pool below capacity again");
+                self.memory.at_capacity.remove(name);
+            }
+        }
+        let mut states: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for pool in &self.rt.pools {
+            for state in ["starting", "idle", "busy", "deleting"] {
+                states.insert((pool.name.clone(), state), 0);
+            }
+        }
+        for i in &observed.instances {
+            let state = match i.state {
+                InstanceState::Starting => "starting",
+                InstanceState::Deleting => "deleting",
+                InstanceState::Gone => continue,
+                InstanceState::Running if plan::is_busy(observed.strategy, i) => "busy",
+                InstanceState::Running => "idle",
+            };
+            *states.entry((i.pool.clone(), state)).or_default() += 1;
+        }
+        for ((pool, state), n) in states {
+            metrics.runners.get_or_create(&PoolStateLabel { pool, state: state.into() }).set(n);
+        }
+        metrics.unmatched_jobs.set(plan.unmatched.len() as i64);
+        let current: HashSet<i64> = plan.unmatched.iter().map(|u| u.job_id).collect();
+        for Unmatched { job_id, scope, name, runs_on } in &plan.unmatched {
+            if self.memory.unmatched_reported.insert(*job_id) {
+                let offers: Vec<String> =
+                    self.rt.pools.iter().map(|p| format!("{}=[{}]", p.name, p.labels.join(","))).collect();
+                tracing::info!(job = job_id, %scope, name = %name, runs_on = ?runs_on, pools = ?offers, "job fits no pool; it will not get a runner from this autoscaler");
+            }
+        }
+        self.memory.unmatched_reported.retain(|id| current.contains(id));
+    }
+
+    fn mark_in_flight(&self, id: &str) -> bool {
+        self.in_flight.lock().map(|mut s| s.insert(id.to_string())).unwrap_or(false)
+    }
+
+    /// Dispatches one action. The store is updated synchronously (so the next tick counts it);
+    /// the slow part runs in a task bounded by the semaphore.
+    fn execute(&mut self, action: Action) {
+        let rt = self.rt.clone();
+        let in_flight = self.in_flight.clone();
+        let semaphore = self.semaphore.clone();
+        match action {
+            Action::Create { pool, scope, job } => {
+                let id = crate::provision::new_instance_id(&pool);
+                let now = now_ms();
+                let record = InstanceRecord {
+                    id: id.clone(),
+                    pool: pool.clone(),
+                    scope: scope.to_string(),
+                    backend: rt.backend.kind().into(),
+                    state: InstanceState::Starting,
+                    job_id: job.as_ref().map(|j| j.id),
+                    job_handle: job.as_ref().and_then(|j| j.handle.clone()),
+                    job_attempt: job.as_ref().and_then(|j| j.attempt),
+                    runner_id: None,
+                    runner_name: None,
+                    backend_ref: None,
+                    created_ms: now,
+                    state_since_ms: now,
+                    busy_since_ms: None,
+                    reason: None,
+                    exit_code: None,
+                    detail: None,
+                };
+                if let Err(e) = rt.store.insert_instance(&record) {
+                    tracing::error!(error = %e, "cannot record a new instance; not creating it");
+                    return;
+                }
+                self.mark_in_flight(&id);
+                rt.metrics.created.get_or_create(&PoolLabel { pool: pool.clone() }).inc();
+                let backoff = self.backoff.clone();
+                self.tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    let result = create_instance(&rt, &id, &pool, &scope, job.as_ref()).await;
+                    rt.metrics.operation("create", result.is_ok());
+                    let failure = match result {
+                        Ok(()) => {
+                            backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(&pool);
+                            None
+                        }
+                        Err(e) => {
+                            let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
+                            let entry = backoff.entry(pool.clone()).or_default();
+                            entry.failures += 1;
+                            let wait = Duration::from_secs(1u64 << entry.failures.min(8)).min(Duration::from_secs(300));
+                            entry.until_ms = now_ms() + wait.as_millis() as u64;
+                            tracing::warn!(instance = %id, pool = %pool, error = %format!("{e:#}"), retry_in = ?wait, "creating a runner instance failed");
+                            Some(format!("{e:#}"))
+                        }
+                    };
+                    if let Some(detail) = failure {
+                        remove_instance(&rt, &id, Reason::CreateFailed, Some(&detail)).await;
+                    }
+                    if let Ok(mut set) = in_flight.lock() {
+                        set.remove(&id);
+                    }
+                    rt.wake.notify_one();
+                });
+            }
+            Action::Delete { id, reason } => {
+                if !self.mark_in_flight(&id) {
+                    return;
+                }
+                if reason != Reason::TeardownRetry {
+                    let _ = rt.store.set_state(&id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), None);
+                }
+                let jobs_done = self.jobs_done.clone();
+                self.tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    if remove_instance(&rt, &id, reason, None).await && reason == Reason::JobDone {
+                        jobs_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if let Ok(mut set) = in_flight.lock() {
+                        set.remove(&id);
+                    }
+                });
+            }
+            Action::DeleteOrphanInstance { key } => {
+                if !self.mark_in_flight(&key) {
+                    return;
+                }
+                self.tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    let result = rt.backend.delete(&key, Duration::from_secs(10)).await;
+                    rt.metrics.operation("delete_orphan", result.is_ok());
+                    match result {
+                        Ok(_) => {
+                            tracing::info!(instance = %key, reason = "orphan", "removed an instance the store does not know");
+                            let _ = rt.store.record_event(now_ms(), Some(&key), "orphan_removed", "backend instance without a record");
+                            rt.metrics.removed.get_or_create(&PoolReasonLabel { pool: String::new(), reason: "orphan".into() }).inc();
+                        }
+                        Err(e) => tracing::warn!(instance = %key, error = %e, "cannot remove an orphan instance"),
+                    }
+                    if let Ok(mut set) = in_flight.lock() {
+                        set.remove(&key);
+                    }
+                });
+            }
+            Action::DeleteOrphanRunner { scope, runner_id } => {
+                let key = format!("runner-{runner_id}");
+                if !self.mark_in_flight(&key) {
+                    return;
+                }
+                self.tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    match rt.client.delete_runner(&scope, runner_id).await {
+                        Ok(_) => {
+                            tracing::info!(runner_id, %scope, reason = "orphan", "deleted a runner registration no instance uses");
+                            let _ = rt.store.record_event(now_ms(), None, "orphan_runner_deleted", &format!("runner {runner_id} in {scope}"));
+                        }
+                        Err(e) => tracing::warn!(runner_id, error = %e, "cannot delete an orphan runner"),
+                    }
+                    if let Ok(mut set) = in_flight.lock() {
+                        set.remove(&key);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Drain: stop creating, let busy instances finish until `timeout`, then remove everything.
+async fn drain_then(mut reconciler: Reconciler, timeout: Duration) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + timeout;
+    let poll = reconciler.rt.config.forgejo.poll_interval.min(Duration::from_secs(2));
+    loop {
+        reconciler.tick(true, Some(0)).await;
+        if reconciler.idle()? {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("drain timeout reached; removing the remaining instances");
+            for record in reconciler.rt.store.live_instances()? {
+                if record.state != InstanceState::Deleting {
+                    reconciler.execute(Action::Delete { id: record.id, reason: Reason::Shutdown });
+                }
+            }
+            while reconciler.tasks.join_next().await.is_some() {}
+            if reconciler.idle()? {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = reconciler.rt.wake.notified() => {}
+            Some(_) = reconciler.tasks.join_next(), if !reconciler.tasks.is_empty() => {}
+        }
+    }
+    while reconciler.tasks.join_next().await.is_some() {}
+    Ok(reconciler.jobs_done())
+}
+
+/// Credentials, then the backend instance. The record exists already (state `starting`).
+async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiScope, job: Option<&JobRef>) -> anyhow::Result<()> {
+    let pool = rt
+        .pools
+        .iter()
+        .find(|p| p.name == pool_name)
+        .ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
+    let config_pool = rt.config.pool(pool_name).ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
+    let mut env = rt.config.runner_env(config_pool);
+    env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("HOME".into(), rt.backend.work_dir(id).display().to_string());
+    let prepared = match rt.strategy {
+        Strategy::Ephemeral => {
+            rt.provisioner.prepare_ephemeral(id, pool, scope, job, &rt.backend.work_dir(id), env).await?
+        }
+        Strategy::Identities => rt.provisioner.prepare_identity(id, pool, scope, env).await?,
+    };
+    let backend_ref = rt.backend.create(prepared.spec).await?;
+    rt.store.set_backend_ref(id, &backend_ref)?;
+    rt.store.set_state(id, InstanceState::Running, now_ms(), None, Some(&format!("runner {} started", prepared.runner_name)))?;
+    tracing::info!(instance = %id, pool = %pool_name, job = ?job.map(|j| j.id), runner = %prepared.runner_name, "runner instance started");
+    Ok(())
+}
+
+/// Removes the backend instance, then its registration (15) or lends its identity back
+/// (13/14), then marks the record gone. Returns whether everything was removed; if not, the
+/// record stays `deleting` and the teardown deadline makes a later tick try again.
+async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, detail: Option<&str>) -> bool {
+    let Ok(Some(record)) = rt.store.instance(id) else { return false };
+    let _ = rt.store.set_state(id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), detail);
+    let grace = Duration::from_secs(10);
+    let removal = match rt.backend.delete(id, grace).await {
+        Ok(removal) => removal,
+        Err(e) => {
+            rt.metrics.operation("delete", false);
+            tracing::warn!(instance = %id, error = %e, "cannot remove the instance; will retry");
+            return false;
+        }
+    };
+    rt.metrics.operation("delete", true);
+    let _ = rt.store.set_exit(id, removal.exit_code, removal.log_tail.as_deref().filter(|_| detail.is_none()));
+    match (rt.strategy, record.runner_id) {
+        (Strategy::Ephemeral, Some(runner_id)) => {
+            let scope: ApiScope = match record.scope.parse() {
+                Ok(scope) => scope,
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "record has an unreadable scope");
+                    return false;
+                }
+            };
+            match rt.client.delete_runner(&scope, runner_id).await {
+                Ok(_) => {}
+                Err(ForgejoError::Status { status: 404, .. }) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %id, runner_id, error = %e, "cannot delete the runner registration; will retry");
+                    return false;
+                }
+            }
+        }
+        (Strategy::Identities, _) => {
+            if let Err(e) = rt.store.release_identity(id) {
+                tracing::warn!(instance = %id, error = %e, "cannot release the runner identity");
+                return false;
+            }
+        }
+        _ => {}
+    }
+    let _ = rt.store.set_state(id, InstanceState::Gone, now_ms(), Some(reason.as_str()), None);
+    rt.metrics.removed.get_or_create(&PoolReasonLabel { pool: record.pool.clone(), reason: reason.as_str().into() }).inc();
+    tracing::info!(instance = %id, pool = %record.pool, job = ?record.job_id, reason = reason.as_str(), exit_code = ?removal.exit_code, "runner instance removed");
+    true
+}
+
+fn bump(map: &mut HashMap<String, u32>, key: &str) -> u32 {
+    let count = map.entry(key.to_string()).or_default();
+    *count += 1;
+    *count
+}
+
+/// Jobs as listed, for callers that only need them (the `plan` command).
+pub fn waiting_jobs(jobs: &[ScopeJobs]) -> Vec<(&ApiScope, &Job)> {
+    jobs.iter()
+        .flat_map(|s| s.jobs.iter().flatten().map(move |j| (&s.scope, j)))
+        .filter(|(_, j)| j.status == JobStatus::Waiting)
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! Wiring: turns a validated configuration into the live parts the reconciler works with.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use crate::{
+    backend::{process::ProcessBackend, Backend},
+    config::{BackendKind, Config, VersionSetting},
+    forgejo::{ApiScope, ForgejoClient, ForgejoClientOptions, ForgejoVersion, RetryPolicy},
+    metrics::Metrics,
+    plan::Strategy,
+    pools::{Deadlines, PoolSpec},
+    provision::Provisioner,
+    store::Store,
+};
+
+pub struct Runtime {
+    pub config: Config,
+    pub client: ForgejoClient,
+    pub version: ForgejoVersion,
+    pub strategy: Strategy,
+    pub store: Store,
+    pub backend: Arc<dyn Backend>,
+    pub pools: Vec<PoolSpec>,
+    pub scopes: Vec<ApiScope>,
+    pub provisioner: Provisioner,
+    /// Woken when something happened that the next tick should see at once (a runner exited).
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Connects to Forgejo (detecting its version unless configured), opens the store and
+    /// the backends. Fails with a message that says what to fix.
+    pub async fn start(config: Config) -> anyhow::Result<Runtime> {
+        let token = config.read_token().context("reading the Forgejo API token")?;
+        let client = ForgejoClient::new(ForgejoClientOptions {
+            url: config.forgejo.url.clone(),
+            token: Some(token),
+            request_timeout: config.forgejo.request_timeout,
+            ca_file: config.forgejo.ca_file.clone(),
+            retry: RetryPolicy::default(),
+        })?;
+        let version = match config.forgejo.version {
+            VersionSetting::V13 => ForgejoVersion::V13,
+            VersionSetting::V14 => ForgejoVersion::V14,
+            VersionSetting::V15 => ForgejoVersion::V15,
+            VersionSetting::Auto => client
+                .detect_version()
+                .await
+                .with_context(|| format!("detecting the Forgejo version at {}", config.forgejo.url))?,
+        };
+        Runtime::with_client(config, client, version)
+    }
+
+    pub fn with_client(config: Config, client: ForgejoClient, version: ForgejoVersion) -> anyhow::Result<Runtime> {
+        let strategy = if version.capabilities().runners_api { Strategy::Ephemeral } else { Strategy::Identities };
+        let store = Store::open(&config.store.path)?;
+        let owner_id = store.owner_id()?;
+        let state_dir = state_dir(&config);
+        let wake = Arc::new(Notify::new());
+        if config.pools.iter().any(|p| p.backend == BackendKind::Docker) {
+            anyhow::bail!(
+                "backend = \"docker\" is not available in this build yet; use backend = \"process\""
+            );
+        }
+        let backend: Arc<dyn Backend> = Arc::new(
+            ProcessBackend::new(&state_dir, wake.clone())
+                .with_context(|| format!("preparing the process backend in {}", state_dir.display()))?,
+        );
+        let scopes: Vec<ApiScope> = config
+            .forgejo
+            .scopes
+            .iter()
+            .map(|s| s.to_string().parse::<ApiScope>().map_err(anyhow::Error::msg))
+            .collect::<Result<_, _>>()?;
+        let pools = pool_specs(&config)?;
+        let provisioner = Provisioner::new(
+            client.clone(),
+            store.clone(),
+            config.forgejo.url.clone(),
+            resolve_binary(&config.runner.binary),
+            config.runner.fetch_interval,
+            owner_id,
+        );
+        let metrics = Arc::new(Metrics::new(&pools, config.limits.max_runners));
+        tracing::info!(
+            forgejo = %config.forgejo.url,
+            version = %version,
+            strategy = ?strategy,
+            pools = pools.len(),
+            scopes = scopes.len(),
+            "autoscaler ready"
+        );
+        Ok(Runtime { config, client, version, strategy, store, backend, pools, scopes, provisioner, wake, metrics })
+    }
+}
+
+/// Where instances and logs live: beside the store.
+pub fn state_dir(config: &Config) -> PathBuf {
+    config.store.path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `forgejo-runner` without a slash is looked up on PATH now, so the instance (which gets a
+/// minimal environment) starts the same binary the admin would.
+fn resolve_binary(binary: &std::path::Path) -> PathBuf {
+    if binary.components().count() > 1 || binary.is_absolute() {
+        return std::path::absolute(binary).unwrap_or_else(|_| binary.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file()))
+        .unwrap_or_else(|| binary.to_path_buf())
+}
+
+pub fn pool_specs(config: &Config) -> anyhow::Result<Vec<PoolSpec>> {
+    config
+        .pools
+        .iter()
+        .map(|pool| {
+            let scopes = pool
+                .scopes
+                .as_ref()
+                .map(|scopes| {
+                    scopes.iter().map(|s| s.to_string().parse::<ApiScope>().map_err(anyhow::Error::msg)).collect()
+                })
+                .transpose()?;
+            Ok(PoolSpec {
+                name: pool.name.clone(),
+                label_names: pool.labels.iter().map(|l| l.name.clone()).collect(),
+                labels: pool.labels.iter().map(|l| l.raw.clone()).collect(),
+                max_runners: pool.max_runners,
+                warm_spares: pool.warm_spares,
+                scopes,
+                deadlines: Deadlines {
+                    boot: pool.timeouts.boot,
+                    pickup: pool.timeouts.pickup,
+                    job: pool.timeouts.job,
+                    teardown: pool.timeouts.teardown,
+                    orphan_grace: pool.timeouts.orphan_grace,
+                },
+            })
+        })
+        .collect()
+}
