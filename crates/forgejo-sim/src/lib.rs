@@ -28,10 +28,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod version;
-mod workflow_stub;
-
-/// The workflow parser (a colleague's `workflow.rs` once it lands; a stand-in until then).
-pub(crate) use workflow_stub as workflow;
+pub mod workflow;
 
 pub use server::SimServer;
 pub use version::ForgejoVersion;

@@ -36,6 +36,19 @@ impl fmt::Display for ForgejoVersion {
 }
 
 impl ForgejoVersion {
+    pub fn major(self) -> u32 {
+        match self {
+            ForgejoVersion::V13 => 13,
+            ForgejoVersion::V14 => 14,
+            ForgejoVersion::V15 => 15,
+        }
+    }
+
+    /// How this version's server parses workflow files.
+    pub fn parse_options(self) -> crate::workflow::ParseOptions {
+        crate::workflow::ParseOptions::for_forgejo_major(self.major())
+    }
+
     /// The string `GET /api/v1/version` answers (the patch releases the contract was read from).
     pub fn version_string(self) -> &'static str {
         match self {

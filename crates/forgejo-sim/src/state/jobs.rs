@@ -3,7 +3,7 @@
 
 use super::labels::{listing_matches, LabelsQuery};
 use super::{next, Id, Job, Run, Scope, State, Status};
-use crate::workflow::parse_workflow;
+use crate::workflow::{expand_incomplete_job, parse_workflow_with, JobKind, JobSpec};
 
 /// One row of the jobs endpoint, copied out of the lock for serialization.
 #[derive(Debug, Clone)]
@@ -43,7 +43,8 @@ impl State {
             .cloned()
             .ok_or("workflow file not found")?;
         let resolve = |p: &str| repo.files.get(p.trim_start_matches("./")).cloned();
-        let workflow = parse_workflow(file, &content, &resolve).map_err(|e| e.to_string())?;
+        let workflow = parse_workflow_with(file, &content, &resolve, self.version.parse_options())
+            .map_err(|e| e.to_string())?;
         let (owner_id, sha) = (repo.owner_id, repo.head_sha.clone());
         let trigger_user = self
             .accounts
@@ -65,37 +66,7 @@ impl State {
         };
         let mut job_ids = Vec::with_capacity(workflow.jobs.len());
         for spec in workflow.jobs {
-            let id = next(&mut self.ids.job);
-            let status = if spec.needs.is_empty() {
-                Status::Waiting
-            } else {
-                Status::Blocked
-            };
-            let job = Job {
-                id,
-                run_id,
-                repo_id,
-                owner_id,
-                key: spec.key,
-                name: spec.name,
-                runs_on: spec.runs_on,
-                needs: spec.needs,
-                if_condition: spec.if_condition,
-                concurrency: spec.concurrency,
-                timeout_minutes: spec.timeout_minutes,
-                payload: spec.payload,
-                status: Status::Unknown,
-                attempt,
-                handle: uuid::Uuid::new_v4().to_string(),
-                task_id: 0,
-                created_ms: now_ms,
-                updated_ms: now_ms,
-                started_ms: None,
-                stopped_ms: None,
-            };
-            self.jobs.insert(id, job);
-            self.set_job_status(id, status, now_ms);
-            job_ids.push(id);
+            job_ids.push(self.insert_job(run_id, repo_id, owner_id, attempt, spec, now_ms));
         }
         self.runs.insert(
             run_id,
@@ -114,6 +85,120 @@ impl State {
         );
         self.increase_tasks_version(owner_id, repo_id);
         Ok(run_id)
+    }
+
+    /// Inserts one job of a run: `waiting` without `needs`, `blocked` with needs or while it
+    /// waits for other jobs' outputs.
+    fn insert_job(
+        &mut self,
+        run_id: Id,
+        repo_id: Id,
+        owner_id: Id,
+        attempt: i64,
+        spec: JobSpec,
+        now_ms: i64,
+    ) -> Id {
+        let id = next(&mut self.ids.job);
+        let incomplete = spec.incomplete_matrix.is_some() || spec.incomplete_runs_on;
+        let status = if spec.needs.is_empty() && !incomplete {
+            Status::Waiting
+        } else {
+            Status::Blocked
+        };
+        let job = Job {
+            id,
+            run_id,
+            repo_id,
+            owner_id,
+            key: spec.key.clone(),
+            name: spec.name.clone(),
+            runs_on: spec.runs_on.clone(),
+            needs: spec.needs.clone(),
+            if_condition: spec.if_condition.clone(),
+            concurrency: spec.concurrency.clone(),
+            timeout_minutes: spec.timeout_minutes,
+            payload: spec.payload.clone(),
+            workflow_call_outer: matches!(spec.kind, JobKind::WorkflowCallOuter { .. }),
+            incomplete: incomplete.then(|| Box::new(spec)),
+            status: Status::Unknown,
+            attempt,
+            handle: uuid::Uuid::new_v4().to_string(),
+            task_id: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            started_ms: None,
+            stopped_ms: None,
+        };
+        self.jobs.insert(id, job);
+        self.set_job_status(id, status, now_ms);
+        id
+    }
+
+    /// Replaces a job that waited for outputs by the jobs its matrix now expands to; a job
+    /// that still cannot be expanded fails.
+    fn expand_incomplete(&mut self, job_id: Id, now_ms: i64) -> Status {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Status::Failure;
+        };
+        let Some(spec) = job.incomplete.clone() else {
+            return Status::Waiting;
+        };
+        let (run_id, repo_id, owner_id, attempt) =
+            (job.run_id, job.repo_id, job.owner_id, job.attempt);
+        let Some(run) = self.runs.get(&run_id) else {
+            return Status::Failure;
+        };
+        let mut outputs = std::collections::HashMap::new();
+        for other in run.job_ids.iter().filter_map(|id| self.jobs.get(id)) {
+            if let Some(task) = self.tasks.get(&other.task_id) {
+                let map = task
+                    .outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                outputs.insert(other.key.clone(), map);
+            }
+        }
+        let file = run.workflow_file.clone();
+        let Some(repo) = self.repos.get(&repo_id) else {
+            return Status::Failure;
+        };
+        let resolve = |p: &str| repo.files.get(p.trim_start_matches("./")).cloned();
+        let expanded = expand_incomplete_job(
+            &file,
+            &spec,
+            &outputs,
+            &resolve,
+            self.version.parse_options(),
+        );
+        let Ok(specs) = expanded else {
+            return Status::Failure;
+        };
+        let mut specs = specs.into_iter();
+        let Some(first) = specs.next() else {
+            return Status::Skipped;
+        };
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.name = first.name;
+            job.runs_on = first.runs_on;
+            job.payload = first.payload;
+            job.if_condition = first.if_condition;
+            job.concurrency = first.concurrency;
+            job.timeout_minutes = first.timeout_minutes;
+            job.incomplete = None;
+        }
+        let extra: Vec<Id> = specs
+            .map(|mut s| {
+                s.incomplete_matrix = None;
+                s.incomplete_runs_on = false;
+                s.needs.clear();
+                self.insert_job(run_id, repo_id, owner_id, attempt, s, now_ms)
+            })
+            .collect();
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            run.job_ids.extend(extra);
+        }
+        Status::Waiting
     }
 
     /// The only place a job's status changes; keeps the `waiting`/`listed` indexes right.
@@ -191,9 +276,17 @@ impl State {
             if changes.is_empty() {
                 return;
             }
-            for (job_id, status) in changes {
+            for (job_id, mut status) in changes {
+                if status == Status::Waiting
+                    && self
+                        .jobs
+                        .get(&job_id)
+                        .is_some_and(|j| j.incomplete.is_some())
+                {
+                    status = self.expand_incomplete(job_id, now_ms);
+                }
                 self.set_job_status(job_id, status, now_ms);
-                if status == Status::Skipped {
+                if status != Status::Waiting {
                     if let Some(job) = self.jobs.get_mut(&job_id) {
                         job.stopped_ms = Some(now_ms);
                     }

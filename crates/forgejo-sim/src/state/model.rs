@@ -172,6 +172,11 @@ pub struct Job {
     pub concurrency: Option<String>,
     pub timeout_minutes: Option<u64>,
     pub payload: String,
+    /// The placeholder of an expanded reusable workflow call: never sent to a runner, the
+    /// server completes it from its needs.
+    pub workflow_call_outer: bool,
+    /// A job whose matrix or `runs-on` needs other jobs' outputs: expanded once they are done.
+    pub incomplete: Option<Box<crate::workflow::JobSpec>>,
     pub status: Status,
     pub attempt: i64,
     pub handle: String,

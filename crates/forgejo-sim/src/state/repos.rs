@@ -1,7 +1,6 @@
 //! Repositories, committed files, and the workflow triggers a commit sets up.
 
 use super::{next, random_hex, Id, Repo, Schedule, State, WorkflowEntry};
-use crate::workflow::parse_workflow;
 
 /// Workflow directories in Forgejo's order of preference: the first one that holds a
 /// workflow file is the only one used.
@@ -133,7 +132,12 @@ impl State {
         for file in files {
             let content = repo.files.get(&file).cloned().unwrap_or_default();
             let resolve = |p: &str| repo.files.get(p.trim_start_matches("./")).cloned();
-            let entry = match parse_workflow(&file, &content, &resolve) {
+            let entry = match crate::workflow::parse_workflow_with(
+                &file,
+                &content,
+                &resolve,
+                self.version.parse_options(),
+            ) {
                 Ok(w) => {
                     for spec in &w.on.schedules {
                         if let Some(next_ms) = crate::scheduler::next_fire_ms(spec, now_ms) {
