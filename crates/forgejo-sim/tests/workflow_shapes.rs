@@ -3,20 +3,14 @@
 //! hand from each file and from Forgejo's rules (see the `workflow` module documentation): names
 //! `key (v1, v2)` with values in dimension-name order, combinations sorted by that string.
 
-// The parser is compiled straight from its source file so this test does not depend on how the
-// crate root wires the module up (it is `forgejo_sim::workflow` for the rest of the crate).
-#[allow(dead_code)]
-#[path = "../src/workflow/mod.rs"]
-mod workflow;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use serde_norway::Value;
-use workflow::{
+use forgejo_sim::workflow::{
     expand_incomplete_job, parse_workflow, parse_workflow_with, JobKind, JobSpec, ParseOptions,
     Workflow,
 };
+use serde_norway::Value;
 
 /// `shared/workflow-shapes`, beside the repository checkout.
 fn shapes_dir() -> PathBuf {
