@@ -301,7 +301,8 @@ pub fn parse_workflow_with(
 /// Re-parses a job whose matrix waited for other jobs' outputs ([`JobSpec::incomplete_matrix`]),
 /// now that `outputs` (job key to output name to value) are known, as Forgejo's
 /// `tryHandleIncompleteMatrix` does: the result replaces the job, each new job keeping its
-/// `needs`. A job that is still incomplete afterwards is an error (Forgejo fails the run).
+/// `needs`. A job whose matrix or `runs-on` is still incomplete afterwards is an error (Forgejo
+/// fails the run with a pre-execution error).
 pub fn expand_incomplete_job(
     path: &str,
     job: &JobSpec,
@@ -320,11 +321,20 @@ pub fn expand_incomplete_job(
     let mut drafts = parser.parse_jobs(&doc, &Scope::default())?;
     for draft in &mut drafts {
         if draft.key == job.key {
-            if let Some((job_id, output)) = &draft.incomplete_matrix {
+            let still_missing = match &draft.incomplete_matrix {
+                Some((job_id, output)) => Some(format!(
+                    "output {output:?} of job {job_id:?} is still missing"
+                )),
+                None if draft.incomplete_runs_on => Some(
+                    "`runs-on` still refers to an unknown output or matrix dimension".to_string(),
+                ),
+                None => None,
+            };
+            if let Some(message) = still_missing {
                 return Err(WorkflowError::Matrix {
                     path: path.to_string(),
                     job: job.key.clone(),
-                    message: format!("output {output:?} of job {job_id:?} is still missing"),
+                    message,
                 });
             }
         }

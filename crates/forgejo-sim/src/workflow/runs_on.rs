@@ -2,7 +2,8 @@
 //!
 //! Forgejo evaluates the whole `runs-on` node first (so `${{ matrix.x }}` or `${{ fromJSON(..) }}`
 //! may yield a string or a list) and then flattens it with act's `FlattenRunsOnNode`
-//! (forgejo/runner `act/model/workflow.go`, used by `act/jobparser/jobparser.go` Parse): a string is
+//! (forgejo/runner `act/model/workflow.go` at commit b93a918a, the same in project-mirrors/forgejo-runner
+//! 0988a0cb; used by `act/jobparser/jobparser.go` Parse): a string is
 //! one label, a list is its labels, and a mapping `{group, labels}` gives the `labels` followed by
 //! the `group` name as one more label when it is not empty. A node that does not decode (a list
 //! holding a mapping, a `group` that is not a string) gives no labels at all, and such a job never

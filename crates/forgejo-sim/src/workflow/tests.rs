@@ -488,6 +488,22 @@ fn anchors_and_merge_keys_are_honoured() {
     assert_eq!(wf.jobs[1].needs, vec!["a"]);
 }
 
+#[test]
+fn persistent_incomplete_runs_on_cannot_be_expanded() {
+    let wf = parse("on: push\njobs:\n  a:\n    runs-on: ${{ matrix.os }}\n    steps: [{run: a}]\n");
+    let job = &wf.jobs[0];
+    assert!(job.incomplete_runs_on);
+    let err = expand_incomplete_job(
+        "t.yml",
+        job,
+        &HashMap::new(),
+        &no_files,
+        ParseOptions::default(),
+    )
+    .expect_err("still incomplete");
+    assert!(err.to_string().contains("runs-on"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
