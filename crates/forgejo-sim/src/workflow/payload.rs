@@ -253,5 +253,16 @@ pub fn render(
     }
     // Serialising a tree of plain YAML values cannot fail; an empty payload would be refused
     // by the runner stand-in rather than crash anything.
-    serde_norway::to_string(&Value::Mapping(out)).unwrap_or_default()
+    let text = serde_norway::to_string(&Value::Mapping(out)).unwrap_or_default();
+    quote_on_key(&text)
+}
+
+/// Writes the top-level `on` key as `"on"`, as Go's yaml.v3 does: a YAML 1.1 reader (PyYAML,
+/// used by Python runners) would otherwise read the bare key as the boolean `true`. Only a line
+/// starting in column 0 can be a top-level key, so block-scalar content is never touched.
+fn quote_on_key(text: &str) -> String {
+    if let Some(rest) = text.strip_prefix("on:") {
+        return format!("\"on\":{rest}");
+    }
+    text.replacen("\non:", "\n\"on\":", 1)
 }

@@ -230,6 +230,11 @@ fn payload_is_the_single_job_workflow() {
     );
     assert_eq!(job["steps"][0]["continue-on-error"], Value::Bool(true));
     assert_eq!(doc["jobs"].as_mapping().map(|m| m.len()), Some(1));
+    assert!(
+        b1.payload.contains("\n\"on\":"),
+        "top-level on is quoted like Go writes it: {}",
+        b1.payload
+    );
     // A single label is written as a plain string, as Forgejo's encodeRunsOn does.
     assert_eq!(
         payload_job(&wf.jobs[0])["runs-on"],
