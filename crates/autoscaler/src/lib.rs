@@ -14,3 +14,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod secret;
 pub mod store;
+pub mod cleanup;
+pub mod cli;
+pub mod demo;
+pub mod http;

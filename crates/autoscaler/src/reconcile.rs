@@ -721,7 +721,7 @@ async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiSco
 /// Removes the backend instance, then its registration (15) or lends its identity back
 /// (13/14), then marks the record gone. Returns whether everything was removed; if not, the
 /// record stays `deleting` and the teardown deadline makes a later tick try again.
-async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, detail: Option<&str>) -> bool {
+pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, detail: Option<&str>) -> bool {
     let Ok(Some(record)) = rt.store.instance(id) else { return false };
     let _ = rt.store.set_state(id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), detail);
     let grace = Duration::from_secs(10);
