@@ -90,8 +90,8 @@ pub fn run(cli: Cli) -> ExitCode {
     })
 }
 
+/// Prints the error like forgejo-runner (`Error: ...` on stderr) and exits 1.
 fn fail(error: anyhow::Error) -> ExitCode {
-    tracing::error!("{error:#}");
     eprintln!("Error: {error:#}");
     ExitCode::from(EXIT_ERROR)
 }

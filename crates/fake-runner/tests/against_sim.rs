@@ -123,11 +123,6 @@ async fn register_then_one_job_runs_a_workflow_on_forgejo_13() {
     command.env("FAKE_RUNNER_TEST_SECRET", SECRET_IN_RUNNER_ENV);
     let run = run_runner(command).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains(&format!("task ")) && run.stderr.contains(" picked"),
-        "{}",
-        run.stderr
-    );
 
     let job = api
         .wait_status(job_id, &["success", "failure"], Duration::from_secs(10))
@@ -135,6 +130,12 @@ async fn register_then_one_job_runs_a_workflow_on_forgejo_13() {
     let (rows, archived) = api.log(job_id).await;
     let log = rows.join("\n");
     assert_eq!(job["status"], "success", "{log}");
+    let picked = format!("task {} picked", job["task_id"]);
+    assert!(
+        run.stderr.contains(&picked),
+        "{picked:?} not in {}",
+        run.stderr
+    );
     assert!(archived, "UpdateLog(no_more) archives the log");
     assert!(log.contains("hello from root/demo"), "{log}");
     assert!(log.contains("home-is-temp=yes"), "{log}");
@@ -426,7 +427,10 @@ async fn a_cancel_in_forgejo_stops_the_running_step() {
     let rows = api.log(job_id).await.0;
     assert!(rows.iter().any(|r| r == "started"), "{rows:?}");
     assert!(!rows.iter().any(|r| r == "not-reached"), "{rows:?}");
-    assert!(rows.iter().any(|r| r.contains("cancelled by Forgejo")), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.contains("cancelled by Forgejo")),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
