@@ -53,6 +53,8 @@ async fn main() -> ExitCode {
         admin_password: args.admin_password,
         time_scale: args.time_scale,
     };
+    // Handlers first, so a SIGTERM right after the listening line is a clean stop.
+    let signals = Signals::install();
     let server = match SimServer::start(args.listen, config).await {
         Ok(s) => s,
         Err(e) => {
@@ -62,25 +64,37 @@ async fn main() -> ExitCode {
     };
     println!("listening on {}", server.url());
     let _ = std::io::stdout().flush();
-    wait_for_signal().await;
+    signals.wait().await;
     server.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGTERM and SIGINT, listened to from start-up.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn wait(self) {
+        match (self.term, self.int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
