@@ -74,21 +74,24 @@ pub fn error_response(error: &ConnectError) -> Response {
     response
 }
 
-/// The request codec, or the 415 connect-go answers for other content types.
-pub fn request_codec(headers: &HeaderMap) -> Result<Codec, Response> {
+/// The request codec; `None` for content types Connect unary does not define.
+pub fn request_codec(headers: &HeaderMap) -> Option<Codec> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    Codec::from_content_type(content_type).ok_or_else(|| {
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        response.headers_mut().insert(
-            "accept-post",
-            HeaderValue::from_static("application/json, application/proto"),
-        );
-        response
-    })
+    Codec::from_content_type(content_type)
+}
+
+/// What connect-go answers for another content type.
+fn unsupported_media_type() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response.headers_mut().insert(
+        "accept-post",
+        HeaderValue::from_static("application/json, application/proto"),
+    );
+    response
 }
 
 /// Reads the body within [`MAX_REQUEST_BYTES`], undoing `Content-Encoding: gzip`.
@@ -199,9 +202,8 @@ where
     Req: ReflectMessage + Default,
     Resp: ReflectMessage,
 {
-    let codec = match request_codec(headers) {
-        Ok(c) => c,
-        Err(response) => return response,
+    let Some(codec) = request_codec(headers) else {
+        return unsupported_media_type();
     };
     let bytes = match read_body(headers, body).await {
         Ok(b) => b,

@@ -244,17 +244,20 @@ struct ScopeNames {
     repo: Option<String>,
 }
 
-fn resolve_scope(state: &SimState, names: &ScopeNames) -> Result<Scope, Response> {
+fn resolve_scope(
+    state: &SimState,
+    names: &ScopeNames,
+) -> Result<Scope, (StatusCode, &'static str)> {
     match (&names.owner, &names.repo) {
         (Some(owner), Some(repo)) => state
             .repo_by_name(owner, repo)
             .map(|r| Scope::Repo(r.id))
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, "repository not found")),
+            .ok_or((StatusCode::NOT_FOUND, "repository not found")),
         (Some(owner), None) => state
             .account_by_name(owner)
             .map(|a| Scope::Owner(a.id))
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, "owner not found")),
-        (None, Some(_)) => Err(error(StatusCode::BAD_REQUEST, "repo needs owner")),
+            .ok_or((StatusCode::NOT_FOUND, "owner not found")),
+        (None, Some(_)) => Err((StatusCode::BAD_REQUEST, "repo needs owner")),
         (None, None) => Ok(Scope::Global),
     }
 }
@@ -280,7 +283,7 @@ async fn register_secret_runner(State(app): State<Arc<App>>, body: Body) -> Resp
     let mut state = app.lock();
     let scope = match resolve_scope(&state, &req.scope) {
         Ok(s) => s,
-        Err(e) => return e,
+        Err((status, message)) => return error(status, message),
     };
     let name = if req.name.is_empty() {
         "runner"
@@ -387,7 +390,7 @@ async fn reset_registration_token(State(app): State<Arc<App>>, body: Body) -> Re
     let mut state = app.lock();
     match resolve_scope(&state, &names) {
         Ok(scope) => ok_json(&json!({"token": state.new_registration_token(scope)})),
-        Err(e) => e,
+        Err((status, message)) => error(status, message),
     }
 }
 

@@ -9,7 +9,11 @@
 //! - `null_properties`: `Definition.property` pairs that may be `null` even in strict definitions
 //!   (e.g. `ActionRunJob.needs`, `ActionRunner.labels`);
 //! - a property that is a `$ref` to another definition may be `null` everywhere (a Go pointer);
-//! - array properties of non-strict definitions may be `null` (a Go nil slice).
+//! - any property of a non-strict definition may be `null` (a Go nil slice or pointer, such as
+//!   `ContentsResponse.target`, a `*string`).
+//!
+//! A few definitions are marshalled by hand and carry more than swagger shows
+//! (`Policy::extra_properties`, e.g. `User.username`).
 //!
 //! Go writes every struct field (the files show no `omitempty`), and the definitions are the Go
 //! structs, so a property the definition lacks is an error everywhere, and a property the body
@@ -27,6 +31,9 @@ use serde_json::Value;
 pub struct Policy {
     pub null_properties: BTreeSet<String>,
     pub strict_definitions: BTreeSet<String>,
+    /// `Definition.property` pairs the real server writes although the definition lacks them
+    /// (e.g. `User.username`, added by a custom `MarshalJSON` that swagger does not see).
+    pub extra_properties: BTreeSet<String>,
 }
 
 impl Policy {
@@ -34,7 +41,15 @@ impl Policy {
         Policy {
             null_properties: null_properties.iter().map(|s| s.to_string()).collect(),
             strict_definitions: strict_definitions.iter().map(|s| s.to_string()).collect(),
+            extra_properties: BTreeSet::new(),
         }
+    }
+
+    /// Adds `Definition.property` pairs the server may write beyond the definition.
+    pub fn with_extra_properties(mut self, extra: &[&str]) -> Policy {
+        self.extra_properties
+            .extend(extra.iter().map(|s| s.to_string()));
+        self
     }
 }
 
@@ -278,7 +293,9 @@ impl Swagger {
         }
         let additional = schema.get("additionalProperties");
         for (name, field) in object {
-            if properties.is_some_and(|p| p.contains_key(name)) {
+            if properties.is_some_and(|p| p.contains_key(name))
+                || policy.extra_properties.contains(&format!("{label}.{name}"))
+            {
                 continue;
             }
             match additional {
@@ -310,7 +327,9 @@ impl Swagger {
         if property.get("$ref").is_some() {
             return true; // a Go pointer to a struct
         }
-        property["type"] == "array" && !policy.strict_definitions.contains(definition)
+        // Outside the strict shapes any field may be a Go pointer or slice (e.g.
+        // `ContentsResponse.target` is a `*string`), which swagger cannot express.
+        !policy.strict_definitions.contains(definition)
     }
 }
 
@@ -410,7 +429,7 @@ pub fn check_headers(
         match headers.get(name.as_str()).map(|v| v.to_str()) {
             None => findings
                 .warnings
-                .push(format!("{at}: documented header {name} is absent")),
+                .push(format!("documented header {name} is absent on {at}")),
             Some(Err(_)) => findings
                 .errors
                 .push(format!("{at}: header {name} is not text")),
@@ -500,10 +519,30 @@ mod tests {
             2,
             "when and state missing: {findings:?}"
         );
+        let extra = json!([{"id": 1, "tags": [], "when": "2026-01-02T03:04:05Z", "state": "a", "alias": "x"}]);
+        let allowing = Policy::new(&[], &[]).with_extra_properties(&["Thing.alias"]);
+        assert!(s
+            .validate(&schema, &extra, &allowing, "$")
+            .errors
+            .is_empty());
+        assert!(!s
+            .validate(&schema, &extra, &with_null, "$")
+            .errors
+            .is_empty());
         let lenient = Policy::new(&[], &[]);
         let findings = s.validate(&schema, &body, &lenient, "$");
         assert!(findings.errors.is_empty(), "{findings:?}");
         assert_eq!(findings.warnings.len(), 2);
+        let typed_null =
+            json!([{"id": null, "tags": [], "when": "2026-01-02T03:04:05Z", "state": "a"}]);
+        assert!(s
+            .validate(&schema, &typed_null, &lenient, "$")
+            .errors
+            .is_empty());
+        assert!(!s
+            .validate(&schema, &typed_null, &with_null, "$")
+            .errors
+            .is_empty());
     }
 
     #[test]
