@@ -46,21 +46,24 @@ pub async fn remove_everything(rt: &Runtime) -> anyhow::Result<CleanupReport> {
             report.failures += 1;
         }
     }
-    match rt.backend.list().await {
-        Ok(list) => {
-            for instance in list {
-                match rt.backend.delete(&instance.id, std::time::Duration::from_secs(10)).await {
-                    Ok(_) => report.orphan_instances_removed += 1,
-                    Err(e) => {
-                        tracing::warn!(instance = %instance.id, error = %e, "cannot remove");
-                        report.failures += 1;
+    for (kind, listed) in rt.backends.list_all().await {
+        let backend = rt.backends.get(kind)?;
+        match listed {
+            Ok(list) => {
+                for instance in list {
+                    match backend.delete(&instance.id, std::time::Duration::from_secs(10)).await {
+                        Ok(_) => report.orphan_instances_removed += 1,
+                        Err(e) => {
+                            tracing::warn!(instance = %instance.id, error = %e, "cannot remove");
+                            report.failures += 1;
+                        }
                     }
                 }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the backend's instances");
-            report.failures += 1;
+            Err(e) => {
+                tracing::warn!(backend = kind, error = %e, "cannot list the backend's instances");
+                report.failures += 1;
+            }
         }
     }
     if rt.strategy == Strategy::Ephemeral {

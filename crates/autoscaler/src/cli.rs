@@ -400,7 +400,7 @@ async fn plan_command(config: Config) -> anyhow::Result<()> {
             ),
             Action::Create { pool, scope, job: None } => println!("would create: warm spare in pool {pool} (scope {scope})"),
             Action::Delete { id, reason } => println!("would remove: instance {id} ({})", reason.as_str()),
-            Action::DeleteOrphanInstance { key } => println!("would remove: orphan instance {key}"),
+            Action::DeleteOrphanInstance { backend, key } => println!("would remove: orphan instance {key} ({backend})"),
             Action::DeleteOrphanRunner { scope, runner_id } => println!("would delete: orphan runner {runner_id} in {scope}"),
         }
     }

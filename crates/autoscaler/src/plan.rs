@@ -102,6 +102,8 @@ pub struct InstanceView {
 pub struct OrphanView {
     /// Backend instance id, or Forgejo runner id for runners.
     pub key: String,
+    /// The backend kind, for instances.
+    pub backend: Option<String>,
     pub scope: Option<ApiScope>,
     pub first_seen_ms: u64,
     pub seen_count: u32,
@@ -223,7 +225,7 @@ pub enum Action {
     /// Start an instance in `pool` with credentials of `scope`; `job: None` is a warm spare.
     Create { pool: String, scope: ApiScope, job: Option<JobRef> },
     Delete { id: String, reason: Reason },
-    DeleteOrphanInstance { key: String },
+    DeleteOrphanInstance { backend: String, key: String },
     DeleteOrphanRunner { scope: ApiScope, runner_id: i64 },
 }
 
@@ -280,7 +282,10 @@ pub fn plan(observed: &Observed, pools: &[PoolSpec], limits: Limits) -> Plan {
 
     for orphan in &observed.orphan_instances {
         if orphan_confirmed(observed, orphan, pools) {
-            out.actions.push(Action::DeleteOrphanInstance { key: orphan.key.clone() });
+            out.actions.push(Action::DeleteOrphanInstance {
+                backend: orphan.backend.clone().unwrap_or_default(),
+                key: orphan.key.clone(),
+            });
         }
     }
     for orphan in &observed.orphan_runners {

@@ -49,7 +49,7 @@ struct Memory {
     backend_missing: HashMap<String, u32>,
     runner_gone: HashMap<String, u32>,
     idle_while_running: HashMap<String, u32>,
-    orphan_instances: HashMap<String, (u64, u32)>,
+    orphan_instances: HashMap<(String, String), (u64, u32)>,
     orphan_runners: HashMap<(ApiScope, i64), (u64, u32)>,
     unmatched_reported: HashSet<i64>,
     at_capacity: BTreeSet<String>,
@@ -155,13 +155,19 @@ impl Reconciler {
         if records.is_empty() {
             return Ok(());
         }
-        let listed = self.rt.backend.list().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let by_id: HashMap<&str, &ObservedInstance> = listed.iter().map(|i| (i.id.as_str(), i)).collect();
+        let listed = self.rt.backends.list_all().await;
+        let mut by_id: HashMap<(&str, &str), &ObservedInstance> = HashMap::new();
+        for (kind, list) in &listed {
+            match list {
+                Ok(list) => by_id.extend(list.iter().map(|i| ((*kind, i.id.as_str()), i))),
+                Err(e) => anyhow::bail!("cannot list the {kind} backend's instances at start: {e}"),
+            }
+        }
         let now = now_ms();
         let mut adopted = 0;
         for record in records {
             match record.state {
-                InstanceState::Starting => match by_id.get(record.id.as_str()) {
+                InstanceState::Starting => match by_id.get(&(record.backend.as_str(), record.id.as_str())) {
                     Some(found) if found.status == InstanceStatus::Running && record.runner_id.is_some() => {
                         self.rt.store.set_backend_ref(&record.id, &found.backend_ref)?;
                         self.rt.store.set_state(&record.id, InstanceState::Running, now, None, Some("adopted after restart"))?;
@@ -234,22 +240,28 @@ impl Reconciler {
                 Vec::new()
             }
         };
-        let listed = match rt.backend.list().await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                errors.push(e.to_string());
-                None
-            }
-        };
+        let mut listed: BTreeMap<String, Option<Vec<ObservedInstance>>> = BTreeMap::new();
+        for (kind, result) in rt.backends.list_all().await {
+            match result {
+                Ok(list) => listed.insert(kind.to_string(), Some(list)),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    listed.insert(kind.to_string(), None)
+                }
+            };
+        }
 
         let runners = self.observe_runners(&records, &mut errors).await;
         let now = now_ms();
         let in_flight = self.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
         let instances = records
             .iter()
-            .map(|record| self.view(record, &jobs, listed.as_deref(), &runners, in_flight.contains(&record.id)))
+            .map(|record| {
+                let backend_list = listed.get(&record.backend).and_then(|l| l.as_deref());
+                self.view(record, &jobs, backend_list, &runners, in_flight.contains(&record.id))
+            })
             .collect();
-        let orphan_instances = self.orphan_instances(&records, listed.as_deref(), &in_flight, now);
+        let orphan_instances = self.orphan_instances(&records, &listed, &in_flight, now);
         let orphan_runners = self.orphan_runners(&records, &runners, now);
         let backoff_pools = self
             .backoff
@@ -391,24 +403,27 @@ impl Reconciler {
     fn orphan_instances(
         &mut self,
         records: &[InstanceRecord],
-        listed: Option<&[ObservedInstance]>,
+        listed: &BTreeMap<String, Option<Vec<ObservedInstance>>>,
         in_flight: &HashSet<String>,
         now: u64,
     ) -> Vec<OrphanView> {
-        let Some(listed) = listed else { return Vec::new() };
-        let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        let current: HashSet<String> = listed
-            .iter()
-            .filter(|i| !known.contains(i.id.as_str()) && !in_flight.contains(&i.id))
-            .map(|i| i.id.clone())
-            .collect();
-        self.memory.orphan_instances.retain(|id, _| current.contains(id));
+        let known: HashSet<(&str, &str)> = records.iter().map(|r| (r.backend.as_str(), r.id.as_str())).collect();
+        let mut current: HashSet<(String, String)> = HashSet::new();
+        for (kind, list) in listed {
+            for instance in list.iter().flatten() {
+                if !known.contains(&(kind.as_str(), instance.id.as_str())) && !in_flight.contains(&instance.id) {
+                    current.insert((kind.clone(), instance.id.clone()));
+                }
+            }
+        }
+        // A backend that could not be listed neither confirms nor clears its orphans.
+        self.memory.orphan_instances.retain(|key, _| current.contains(key) || !matches!(listed.get(&key.0), Some(Some(_))));
         current
             .into_iter()
-            .map(|id| {
-                let entry = self.memory.orphan_instances.entry(id.clone()).or_insert((now, 0));
+            .map(|key| {
+                let entry = self.memory.orphan_instances.entry(key.clone()).or_insert((now, 0));
                 entry.1 += 1;
-                OrphanView { key: id, scope: None, first_seen_ms: entry.0, seen_count: entry.1 }
+                OrphanView { key: key.1, backend: Some(key.0), scope: None, first_seen_ms: entry.0, seen_count: entry.1 }
             })
             .collect()
     }
@@ -438,7 +453,7 @@ impl Reconciler {
             .map(|key| {
                 let entry = self.memory.orphan_runners.entry(key.clone()).or_insert((now, 0));
                 entry.1 += 1;
-                OrphanView { key: key.1.to_string(), scope: Some(key.0), first_seen_ms: entry.0, seen_count: entry.1 }
+                OrphanView { key: key.1.to_string(), backend: None, scope: Some(key.0), first_seen_ms: entry.0, seen_count: entry.1 }
             })
             .collect()
     }
@@ -545,13 +560,20 @@ impl Reconciler {
         let semaphore = self.semaphore.clone();
         match action {
             Action::Create { pool, scope, job } => {
+                let backend = match rt.backend_for_pool(&pool) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(pool = %pool, error = %e, "no backend for the pool");
+                        return;
+                    }
+                };
                 let id = crate::provision::new_instance_id(&pool);
                 let now = now_ms();
                 let record = InstanceRecord {
                     id: id.clone(),
                     pool: pool.clone(),
                     scope: scope.to_string(),
-                    backend: rt.backend.kind().into(),
+                    backend: backend.kind().into(),
                     state: InstanceState::Starting,
                     job_id: job.as_ref().map(|j| j.id),
                     job_handle: job.as_ref().and_then(|j| j.handle.clone()),
@@ -619,13 +641,16 @@ impl Reconciler {
                     }
                 });
             }
-            Action::DeleteOrphanInstance { key } => {
+            Action::DeleteOrphanInstance { backend, key } => {
                 if !self.mark_in_flight(&key) {
                     return;
                 }
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
-                    let result = rt.backend.delete(&key, Duration::from_secs(10)).await;
+                    let result = match rt.backends.get(&backend) {
+                        Ok(b) => b.delete(&key, Duration::from_secs(10)).await,
+                        Err(e) => Err(e),
+                    };
                     rt.metrics.operation("delete_orphan", result.is_ok());
                     match result {
                         Ok(_) => {
@@ -704,14 +729,15 @@ async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiSco
     let config_pool = rt.config.pool(pool_name).ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
     let mut env = rt.config.runner_env(config_pool);
     env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("HOME".into(), rt.backend.work_dir(id).display().to_string());
+    let backend = rt.backend_for_pool(pool_name)?;
+    env.insert("HOME".into(), backend.work_dir(id).display().to_string());
     let prepared = match rt.strategy {
         Strategy::Ephemeral => {
-            rt.provisioner.prepare_ephemeral(id, pool, scope, job, &rt.backend.work_dir(id), env).await?
+            rt.provisioner.prepare_ephemeral(id, pool, scope, job, &backend.work_dir(id), env).await?
         }
         Strategy::Identities => rt.provisioner.prepare_identity(id, pool, scope, env).await?,
     };
-    let backend_ref = rt.backend.create(prepared.spec).await?;
+    let backend_ref = backend.create(prepared.spec).await?;
     rt.store.set_backend_ref(id, &backend_ref)?;
     rt.store.set_state(id, InstanceState::Running, now_ms(), None, Some(&format!("runner {} started", prepared.runner_name)))?;
     tracing::info!(instance = %id, pool = %pool_name, job = ?job.map(|j| j.id), runner = %prepared.runner_name, "runner instance started");
@@ -725,7 +751,11 @@ pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, deta
     let Ok(Some(record)) = rt.store.instance(id) else { return false };
     let _ = rt.store.set_state(id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), detail);
     let grace = Duration::from_secs(10);
-    let removal = match rt.backend.delete(id, grace).await {
+    let removal = match rt.backends.get(&record.backend) {
+        Ok(backend) => backend.delete(id, grace).await,
+        Err(e) => Err(e),
+    };
+    let removal = match removal {
         Ok(removal) => removal,
         Err(e) => {
             rt.metrics.operation("delete", false);

@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::{
-    backend::{process::ProcessBackend, Backend},
+    backend::{process::ProcessBackend, Backend, Backends},
     config::{BackendKind, Config, VersionSetting},
     forgejo::{ApiScope, ForgejoClient, ForgejoClientOptions, ForgejoVersion, RetryPolicy},
     metrics::Metrics,
@@ -22,7 +22,7 @@ pub struct Runtime {
     pub version: ForgejoVersion,
     pub strategy: Strategy,
     pub store: Store,
-    pub backend: Arc<dyn Backend>,
+    pub backends: Backends,
     pub pools: Vec<PoolSpec>,
     pub scopes: Vec<ApiScope>,
     pub provisioner: Provisioner,
@@ -55,21 +55,28 @@ impl Runtime {
         Runtime::with_client(config, client, version)
     }
 
+    /// The backend of a configured pool.
+    pub fn backend_for_pool(&self, pool: &str) -> anyhow::Result<Arc<dyn Backend>> {
+        let kind = self.config.pool(pool).map(|p| p.backend.to_string()).unwrap_or_else(|| "process".into());
+        Ok(self.backends.get(&kind)?.clone())
+    }
+
     pub fn with_client(config: Config, client: ForgejoClient, version: ForgejoVersion) -> anyhow::Result<Runtime> {
         let strategy = if version.capabilities().runners_api { Strategy::Ephemeral } else { Strategy::Identities };
         let store = Store::open(&config.store.path)?;
         let owner_id = store.owner_id()?;
         let state_dir = state_dir(&config);
         let wake = Arc::new(Notify::new());
-        if config.pools.iter().any(|p| p.backend == BackendKind::Docker) {
-            anyhow::bail!(
-                "backend = \"docker\" is not available in this build yet; use backend = \"process\""
-            );
-        }
-        let backend: Arc<dyn Backend> = Arc::new(
+        let mut backends = Backends::default();
+        // The process backend is always there: it also finds instances left by a process pool
+        // that was since removed from the configuration.
+        backends.add(Arc::new(
             ProcessBackend::new(&state_dir, wake.clone())
                 .with_context(|| format!("preparing the process backend in {}", state_dir.display()))?,
-        );
+        ));
+        if config.pools.iter().any(|p| p.backend == BackendKind::Docker) {
+            anyhow::bail!("backend = \"docker\" is not available in this build yet; use backend = \"process\"");
+        }
         let scopes: Vec<ApiScope> = config
             .forgejo
             .scopes
@@ -94,7 +101,7 @@ impl Runtime {
             scopes = scopes.len(),
             "autoscaler ready"
         );
-        Ok(Runtime { config, client, version, strategy, store, backend, pools, scopes, provisioner, wake, metrics })
+        Ok(Runtime { config, client, version, strategy, store, backends, pools, scopes, provisioner, wake, metrics })
     }
 }
 

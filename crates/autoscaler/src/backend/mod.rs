@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
 
 pub mod process;
 
+use std::sync::Arc;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A file the runner needs in its instance, e.g. its token or its `.runner` registration.
@@ -83,4 +85,36 @@ pub trait Backend: Send + Sync {
     fn delete<'a>(&'a self, id: &'a str, grace: std::time::Duration) -> BoxFuture<'a, Result<Removal, BackendError>>;
     /// Every instance this autoscaler owns on this backend, running or exited.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>>;
+}
+
+/// The backends in use, by kind (`process`, `docker`, ...).
+#[derive(Clone, Default)]
+pub struct Backends {
+    by_kind: BTreeMap<&'static str, Arc<dyn Backend>>,
+}
+
+impl Backends {
+    pub fn add(&mut self, backend: Arc<dyn Backend>) {
+        self.by_kind.insert(backend.kind(), backend);
+    }
+
+    pub fn get(&self, kind: &str) -> Result<&Arc<dyn Backend>, BackendError> {
+        self.by_kind.get(kind).ok_or_else(|| BackendError {
+            backend: "registry",
+            message: format!("no {kind:?} backend is configured (an instance recorded with it cannot be managed)"),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.by_kind.values()
+    }
+
+    /// Lists every backend; a failed listing is `Err` for that kind only.
+    pub async fn list_all(&self) -> BTreeMap<&'static str, Result<Vec<ObservedInstance>, BackendError>> {
+        let mut out = BTreeMap::new();
+        for (kind, backend) in &self.by_kind {
+            out.insert(*kind, backend.list().await);
+        }
+        out
+    }
 }

@@ -232,13 +232,13 @@ fn warm_spares_fill_up_to_the_setting() {
 fn orphans_need_two_sightings_and_the_grace_period() {
     let mut o = observed(Strategy::Ephemeral, vec![], vec![]);
     o.orphan_instances = vec![
-        OrphanView { key: "young".into(), scope: None, first_seen_ms: 2 * MIN, seen_count: 5 },
-        OrphanView { key: "once".into(), scope: None, first_seen_ms: 0, seen_count: 1 },
+        OrphanView { key: "young".into(), backend: Some("process".into()), scope: None, first_seen_ms: 2 * MIN, seen_count: 5 },
+        OrphanView { key: "once".into(), backend: Some("process".into()), scope: None, first_seen_ms: 0, seen_count: 1 },
     ];
     o.now_ms = 3 * MIN;
-    o.orphan_instances.push(OrphanView { key: "old".into(), scope: None, first_seen_ms: 0, seen_count: 2 });
+    o.orphan_instances.push(OrphanView { key: "old".into(), backend: Some("process".into()), scope: None, first_seen_ms: 0, seen_count: 2 });
     let plan = plan(&o, &pools(), Limits { max_runners: 5 });
-    assert_eq!(plan.actions, vec![Action::DeleteOrphanInstance { key: "old".into() }]);
+    assert_eq!(plan.actions, vec![Action::DeleteOrphanInstance { backend: "process".into(), key: "old".into() }]);
 }
 
 // ---- property tests -------------------------------------------------------------------------
