@@ -28,6 +28,7 @@ jobs:
         run: echo "answer=42" >> "$GITHUB_OUTPUT"
       - run: echo "expression ${{ steps.out.outputs.answer }} in ${{ github.repository }}"
       - run: env
+      - run: sleep 1234 >/dev/null 2>&1 & echo "background-pid=$!"
 "#;
 
 const FAILING_WORKFLOW: &str = r#"
@@ -142,6 +143,15 @@ async fn register_then_one_job_runs_a_workflow_on_forgejo_13() {
     assert!(log.contains("job=build"), "{log}");
     assert!(log.contains("expression 42 in root/demo"), "{log}");
     assert!(log.contains("uses: actions/checkout@v4"), "{log}");
+    let pid = rows
+        .iter()
+        .find_map(|r| r.strip_prefix("background-pid="))
+        .expect("pid logged");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "a background process outlived its job: {stat}"
+    );
     assert!(
         !log.contains(&runner_token),
         "the runner token reached the job"

@@ -144,6 +144,8 @@ struct JobRun<'a> {
     env: Vec<(String, String)>,
     steps_context: Map<String, Value>,
     status: JobStatus,
+    /// Process groups of the steps run so far, killed when the job ends.
+    groups: Vec<i32>,
 }
 
 impl<'a> JobRun<'a> {
@@ -162,6 +164,7 @@ impl<'a> JobRun<'a> {
             env: Vec::new(),
             steps_context: Map::new(),
             status: JobStatus::Success,
+            groups: Vec::new(),
         }
     }
 
@@ -214,7 +217,16 @@ impl<'a> JobRun<'a> {
         done.text
     }
 
+    /// Runs the steps, then kills whatever the steps left running.
     async fn run(mut self, cancel: &Arc<CancelSender>) -> Result<TaskResult, String> {
+        let result = self.run_steps(cancel).await;
+        for group in self.groups.drain(..) {
+            step::kill_group(Some(group));
+        }
+        result
+    }
+
+    async fn run_steps(&mut self, cancel: &Arc<CancelSender>) -> Result<TaskResult, String> {
         let ws = Workspace::create(self.home)
             .map_err(|e| format!("cannot create the workspace: {e}"))?;
         let event = self
@@ -337,7 +349,16 @@ impl<'a> JobRun<'a> {
             Ok(argv) => argv,
             Err(e) => return self.fail(index, format!("cannot write the step script: {e}")),
         };
-        let outcome = step::run(&argv, &env, &cwd, index, self.reporter, cancel).await;
+        let outcome = step::run(
+            &argv,
+            &env,
+            &cwd,
+            index,
+            self.reporter,
+            cancel,
+            &mut self.groups,
+        )
+        .await;
         let result = match &outcome {
             StepOutcome::Success => TaskResult::Success,
             StepOutcome::Failure(code) => {

@@ -60,7 +60,8 @@ pub fn shell_command(
     Ok(words)
 }
 
-/// Runs `argv` and waits for it, or kills its process group when `cancel` fires.
+/// Runs `argv` and waits for it, or kills its process group when `cancel` fires. The process
+/// group is added to `groups` so the job can kill what is left of it at the end.
 pub async fn run(
     argv: &[String],
     env: &[(String, String)],
@@ -68,6 +69,7 @@ pub async fn run(
     step: usize,
     reporter: &Reporter,
     cancel: &mut watch::Receiver<Option<CancelCause>>,
+    groups: &mut Vec<i32>,
 ) -> StepOutcome {
     let Some((program, args)) = argv.split_first() else {
         return StepOutcome::SpawnError("empty shell command".into());
@@ -88,6 +90,8 @@ pub async fn run(
         Err(e) => return StepOutcome::SpawnError(format!("cannot start {program}: {e}")),
     };
     let group = child.id().map(|pid| pid as i32);
+    // Background processes of a step may serve later steps; they are killed at the job's end.
+    groups.extend(group);
     let (lines_tx, mut lines) = mpsc::channel::<String>(256);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_lines(out, lines_tx.clone()));
