@@ -374,7 +374,7 @@ fn removal_reason(
                 }
             }
             if observed.strategy == Strategy::Ephemeral {
-                if instance.idle_while_job_running >= CONFIRMATIONS + 1 {
+                if instance.idle_while_job_running > CONFIRMATIONS {
                     return Some(Reason::TakenByOther);
                 }
                 if over(deadlines.pickup) {
@@ -396,7 +396,10 @@ fn removal_reason(
 fn exit_reason(code: Option<i32>, busy: bool) -> Reason {
     match code {
         Some(0) => Reason::JobDone,
-        Some(1) | Some(2) if !busy => Reason::NoTask,
+        // 2 means "no task" and nothing else; on 13/14 "busy" is only inferred from the job
+        // leaving the queue, which a cancellation does too, so it must not turn 2 into JobDone.
+        Some(2) => Reason::NoTask,
+        Some(1) if !busy => Reason::NoTask,
         Some(_) | None if busy => Reason::JobDone,
         _ => Reason::RunnerFailed,
     }

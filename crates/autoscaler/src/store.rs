@@ -127,6 +127,9 @@ pub struct Identity {
     pub instance_id: Option<String>,
 }
 
+/// (runner id, pool, scope, instance it is lent to).
+pub type IdentityRow = (i64, String, String, Option<String>);
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub ts_ms: u64,
@@ -387,7 +390,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn all_identities(&self) -> anyhow::Result<Vec<(i64, String, String, Option<String>)>> {
+    pub fn all_identities(&self) -> anyhow::Result<Vec<IdentityRow>> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT runner_id, pool, scope, instance_id FROM identities ORDER BY runner_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
