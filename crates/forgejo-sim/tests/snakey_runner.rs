@@ -42,6 +42,7 @@ jobs:
     steps:
       - run: echo "hello from snakey-runner"
       - run: echo "repository=${{ github.repository }}"
+      - run: sleep 2.5 && echo "slept"
 "#;
 
 /// Returns the `snakey_runner` executable, creating the venv first if needed.
@@ -236,6 +237,12 @@ async fn snakey_runner_runs_a_job_created_through_the_forgejo_15_runners_api() {
         0,
         "snakey-runner only uses FetchSingleTask"
     );
+    // The 2.5 s step spans at least one of snakey-runner's 1 s reports: a heartbeat
+    // (`result: 0`, `stopped_at: null`) before the final result.
+    assert!(
+        runner_calls(&stats, "UpdateTask") >= 2,
+        "heartbeat and final UpdateTask: {stats}"
+    );
     let failed: Vec<(&String, &Value)> = stats["responses"]
         .as_object()
         .map(|codes| {
@@ -270,6 +277,7 @@ async fn snakey_runner_runs_a_job_created_through_the_forgejo_15_runners_api() {
         rows.contains(&format!("repository={ADMIN_USER}/{REPO}").as_str()),
         "the task context carried `repository`: {rows:?}"
     );
+    assert!(rows.contains(&"slept"), "log rows: {rows:?}");
     assert_eq!(
         log["archived"], true,
         "UpdateLog with no_more archived the log: {log}"
