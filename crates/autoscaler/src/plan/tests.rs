@@ -164,6 +164,8 @@ fn exit_codes_of_one_job() {
     for (code, busy, reason) in [
         (Some(0), true, Reason::JobDone),
         (Some(2), false, Reason::NoTask),
+        // 13/14: the job left the queue because it was cancelled, not because we took it.
+        (Some(2), true, Reason::NoTask),
         (Some(1), false, Reason::NoTask),
         (Some(137), false, Reason::RunnerFailed),
         (None, true, Reason::JobDone),
