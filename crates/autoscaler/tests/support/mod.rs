@@ -361,3 +361,7 @@ pub fn runner_processes_under(dir: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// Store, fault and process views for the e2e tests of cancellation, crashes and faults.
+pub mod inspect;
+pub use inspect::*;
