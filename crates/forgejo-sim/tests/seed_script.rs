@@ -1,5 +1,5 @@
 //! The seed-style script (`tests/seed-style.sh`, bash + curl + jq, written from the contract)
-//! drives the simulator in Forgejo 13 mode with the runner stand-in: a client of the simulator
+//! drives the simulator in Forgejo 13 mode (and, unchanged, 15) with the runner stand-in: a client of the simulator
 //! that its authors did not write.
 //!
 //! Finding the runner binary: `CARGO_BIN_EXE_*` only exists for binaries of the package under
@@ -72,8 +72,18 @@ fn jobs_named<'a>(jobs: &'a [Value], status: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_style_script_runs_four_jobs_against_forgejo_13() {
+    run_seed_script(ForgejoVersion::V13).await;
+}
+
+/// The same script unchanged against 15 (jobs carry `attempt`/`handle`, which it ignores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_style_script_runs_four_jobs_against_forgejo_15() {
+    run_seed_script(ForgejoVersion::V15).await;
+}
+
+async fn run_seed_script(version: ForgejoVersion) {
     let runner_bin = fake_runner_binary();
-    let sim = start_sim(ForgejoVersion::V13, TIME_SCALE).await;
+    let sim = start_sim(version, TIME_SCALE).await;
     let client = Client::new(sim.url());
 
     let scratch = tempfile::tempdir().expect("temporary directory");
@@ -104,7 +114,7 @@ async fn seed_style_script_runs_four_jobs_against_forgejo_13() {
         .expect("bash runs");
     let elapsed = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("seed-style.sh took {elapsed:?}; its log:\n{stderr}");
+    eprintln!("Forgejo {version}: seed-style.sh took {elapsed:?}; its log:\n{stderr}");
 
     assert!(
         output.status.success(),
@@ -174,7 +184,7 @@ async fn seed_style_script_runs_four_jobs_against_forgejo_13() {
     );
     assert!(polls >= 2, "the script polled the jobs endpoint: {stats}");
     eprintln!(
-        "seed-style: {JOBS_TO_RUN} jobs in {elapsed:?}, {polls} polls of the jobs endpoint, \
+        "seed-style on Forgejo {version}: {JOBS_TO_RUN} jobs in {elapsed:?}, {polls} polls of the jobs endpoint, \
          {} jobs created in total",
         jobs.len()
     );
