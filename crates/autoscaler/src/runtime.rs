@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::{
-    backend::{process::ProcessBackend, Backend, Backends},
+    backend::{docker::DockerBackend, process::ProcessBackend, Backend, Backends},
     config::{BackendKind, Config, VersionSetting},
     forgejo::{ApiScope, ForgejoClient, ForgejoClientOptions, ForgejoVersion, RetryPolicy},
     metrics::Metrics,
@@ -75,7 +75,7 @@ impl Runtime {
                 .with_context(|| format!("preparing the process backend in {}", state_dir.display()))?,
         ));
         if config.pools.iter().any(|p| p.backend == BackendKind::Docker) {
-            anyhow::bail!("backend = \"docker\" is not available in this build yet; use backend = \"process\"");
+            backends.add(Arc::new(DockerBackend::new(&config, owner_id.clone(), wake.clone())));
         }
         let scopes: Vec<ApiScope> = config
             .forgejo

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
 
+pub mod docker;
 pub mod process;
 
 use std::sync::Arc;
