@@ -242,6 +242,7 @@ impl Reconciler {
         };
         let mut listed: BTreeMap<String, Option<Vec<ObservedInstance>>> = BTreeMap::new();
         for (kind, result) in rt.backends.list_all().await {
+            rt.metrics.operation("list", result.is_ok());
             match result {
                 Ok(list) => listed.insert(kind.to_string(), Some(list)),
                 Err(e) => {
@@ -540,6 +541,7 @@ impl Reconciler {
         let current: HashSet<i64> = plan.unmatched.iter().map(|u| u.job_id).collect();
         for Unmatched { job_id, scope, name, runs_on } in &plan.unmatched {
             if self.memory.unmatched_reported.insert(*job_id) {
+                metrics.jobs_unmatched.inc();
                 let offers: Vec<String> =
                     self.rt.pools.iter().map(|p| format!("{}=[{}]", p.name, p.labels.join(","))).collect();
                 tracing::info!(job = job_id, %scope, name = %name, runs_on = ?runs_on, pools = ?offers, "job fits no pool; it will not get a runner from this autoscaler");
@@ -674,6 +676,7 @@ impl Reconciler {
                     let _permit = semaphore.acquire_owned().await;
                     match rt.client.delete_runner(&scope, runner_id).await {
                         Ok(_) => {
+                            rt.metrics.orphan_registrations_removed.inc();
                             tracing::info!(runner_id, %scope, reason = "orphan", "deleted a runner registration no instance uses");
                             let _ = rt.store.record_event(now_ms(), None, "orphan_runner_deleted", &format!("runner {runner_id} in {scope}"));
                         }
