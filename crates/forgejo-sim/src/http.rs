@@ -38,6 +38,17 @@ pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Response {
     json_response(StatusCode::OK, value)
 }
 
+/// Forgejo's `SetTotalCountHeader`: `X-Total-Count` with the number of items across all pages,
+/// exposed to browsers through `Access-Control-Expose-Headers`.
+pub fn set_total_count(response: &mut Response, total: usize) {
+    let headers = response.headers_mut();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    headers.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("X-Total-Count"),
+    );
+}
+
 /// An `/api/v1` error. Rendered by [`render_api_errors`], which knows the instance URL that
 /// Forgejo puts into the `url` field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,12 @@ impl ForgejoVersion {
         self >= ForgejoVersion::V15
     }
 
+    /// `Repository.has_wiki_contents`, `wiki_clone_url` and `wiki_ssh_url` exist from 15 on
+    /// (the 13 and 14 swagger files lack them).
+    pub fn has_wiki_repository_fields(self) -> bool {
+        self >= ForgejoVersion::V15
+    }
+
     /// Contract §2.6: FetchSingleTask (and the handle) exist from 15 on.
     pub fn has_fetch_single_task(self) -> bool {
         self >= ForgejoVersion::V15

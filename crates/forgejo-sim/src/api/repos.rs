@@ -251,6 +251,11 @@ async fn write_file(
     Ok(json_response(status, &body))
 }
 
+/// How Go marshals a zero `time.Time`. Forgejo's `GetFileCommitResponse` (services/repository/
+/// files) never sets `CommitMeta.Created` of the commit or of its tree, and the field has no
+/// `omitempty`, so the real server always writes this value for both.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
 #[allow(clippy::too_many_arguments)]
 fn file_response(
     app_url: &str,
@@ -291,13 +296,13 @@ fn file_response(
         "commit": {
             "url": format!("{api}/git/commits/{commit_sha}"),
             "sha": commit_sha,
-            "created": rfc3339(now),
+            "created": GO_ZERO_TIME,
             "html_url": format!("{app_url}{full_name}/commit/{commit_sha}"),
             "author": person,
             "committer": person,
             "parents": [],
             "message": if message.is_empty() { format!("Add {path}\n") } else { format!("{message}\n") },
-            "tree": {"url": format!("{api}/git/trees/{commit_sha}"), "sha": commit_sha},
+            "tree": {"url": format!("{api}/git/trees/{commit_sha}"), "sha": commit_sha, "created": GO_ZERO_TIME},
         },
         "verification": {"verified": false, "reason": "gpg.error.not_signed_commit", "signature": "", "signer": null, "payload": ""},
     })

@@ -134,7 +134,7 @@ pub fn repo_json(state: &State, repo: &Repo, caller_is_owner: bool) -> Value {
         .trim_start_matches("http://")
         .trim_start_matches("https://")
         .trim_end_matches('/');
-    json!({
+    let mut repo_json = json!({
         "id": repo.id,
         "owner": owner.map(|a| user_json(state, a)),
         "name": repo.name,
@@ -196,5 +196,13 @@ pub fn repo_json(state: &State, repo: &Repo, caller_is_owner: bool) -> Value {
         "mirror_updated": rfc3339(0),
         "repo_transfer": null,
         "topics": [],
-    })
+    });
+    if state.version.has_wiki_repository_fields() {
+        // modules/structs/repo.go (15) writes these without `omitempty`; a simulated
+        // repository never has wiki pages.
+        repo_json["has_wiki_contents"] = json!(false);
+        repo_json["wiki_clone_url"] = json!(format!("{html_url}.wiki.git"));
+        repo_json["wiki_ssh_url"] = json!(format!("git@{host}:{full_name}.wiki.git"));
+    }
+    repo_json
 }

@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use super::caller;
 use crate::auth::{check_scope, require_caller, AuthMethod, Caller, ScopeCategory};
-use crate::http::{json_response, ok_json, read_json, required, ApiError, ApiResult};
+use crate::http::{
+    json_response, ok_json, read_json, required, set_total_count, ApiError, ApiResult,
+};
 use crate::server::App;
 use crate::state::{normalize_scopes, AccessToken, Id, State as SimState};
 
@@ -97,7 +99,11 @@ pub async fn list(
         .filter(|t| t.user_id == user_id)
         .map(|t| token_json(&state, t, ""))
         .collect();
-    Ok(ok_json(&list))
+    // routers/api/v1/user/app.go ListAccessTokens sets it in every version (the 13 and 14
+    // swagger files just do not document it). The list is not paged, so it is the length.
+    let mut response = ok_json(&list);
+    set_total_count(&mut response, list.len());
+    Ok(response)
 }
 
 pub async fn delete(

@@ -15,10 +15,11 @@
 //! A few definitions are marshalled by hand and carry more than swagger shows
 //! (`Policy::extra_properties`, e.g. `User.username`).
 //!
-//! Go writes every struct field (the files show no `omitempty`), and the definitions are the Go
+//! Go writes every struct field unless its tag says `omitempty` (which the swagger files do not
+//! show; `Policy::omitempty_properties` names those fields), and the definitions are the Go
 //! structs, so a property the definition lacks is an error everywhere, and a property the body
-//! lacks is an error in the `strict_definitions` (the shapes the contract lists field by field)
-//! and a warning elsewhere.
+//! lacks is an error in the `strict_definitions` (the shapes the contract lists field by field,
+//! and those checked against Forgejo's source) and a warning elsewhere.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -34,6 +35,9 @@ pub struct Policy {
     /// `Definition.property` pairs the real server writes although the definition lacks them
     /// (e.g. `User.username`, added by a custom `MarshalJSON` that swagger does not see).
     pub extra_properties: BTreeSet<String>,
+    /// `Definition.property` pairs whose Go field is tagged `omitempty`: the server leaves them
+    /// out when empty, so their absence is no finding even in a strict definition.
+    pub omitempty_properties: BTreeSet<String>,
 }
 
 impl Policy {
@@ -42,6 +46,7 @@ impl Policy {
             null_properties: null_properties.iter().map(|s| s.to_string()).collect(),
             strict_definitions: strict_definitions.iter().map(|s| s.to_string()).collect(),
             extra_properties: BTreeSet::new(),
+            omitempty_properties: BTreeSet::new(),
         }
     }
 
@@ -49,6 +54,13 @@ impl Policy {
     pub fn with_extra_properties(mut self, extra: &[&str]) -> Policy {
         self.extra_properties
             .extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds `Definition.property` pairs the server omits when empty (Go `omitempty`).
+    pub fn with_omitempty_properties(mut self, omitempty: &[&str]) -> Policy {
+        self.omitempty_properties
+            .extend(omitempty.iter().map(|s| s.to_string()));
         self
     }
 }
@@ -280,6 +292,9 @@ impl Swagger {
             for (name, property) in properties {
                 let place = format!("{at}.{name}");
                 match object.get(name) {
+                    None if policy
+                        .omitempty_properties
+                        .contains(&format!("{label}.{name}")) => {}
                     None if strict => out
                         .errors
                         .push(format!("{place}: {label}.{name} is missing")),
@@ -543,6 +558,39 @@ mod tests {
             .validate(&schema, &typed_null, &with_null, "$")
             .errors
             .is_empty());
+    }
+
+    #[test]
+    fn omitempty_properties_may_be_absent_even_in_strict_definitions() {
+        let s = swagger();
+        let schema = body_schema(s.response("GET", "/x", 200));
+        let without_state = json!([{"id": 1, "tags": [], "when": "2026-01-02T03:04:05Z"}]);
+        let strict = Policy::new(&[], &["Thing"]);
+        assert_eq!(
+            s.validate(&schema, &without_state, &strict, "$")
+                .errors
+                .len(),
+            1
+        );
+        let omitting = strict.clone().with_omitempty_properties(&["Thing.state"]);
+        let findings = s.validate(&schema, &without_state, &omitting, "$");
+        assert!(findings.errors.is_empty(), "{findings:?}");
+        assert!(findings.warnings.is_empty(), "{findings:?}");
+        let without_when = json!([{"id": 1, "tags": [], "state": "a"}]);
+        assert_eq!(
+            s.validate(&schema, &without_when, &omitting, "$")
+                .errors
+                .len(),
+            1,
+            "only the named property may be absent"
+        );
+        let wrong_type = json!([{"id": 1, "tags": [], "when": "2026-01-02T03:04:05Z", "state": 3}]);
+        assert!(
+            !s.validate(&schema, &wrong_type, &omitting, "$")
+                .errors
+                .is_empty(),
+            "a present omitempty property is still checked"
+        );
     }
 
     #[test]
