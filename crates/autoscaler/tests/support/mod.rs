@@ -364,4 +364,5 @@ pub fn runner_processes_under(dir: &Path) -> Vec<u32> {
 
 /// Store, fault and process views for the e2e tests of cancellation, crashes and faults.
 pub mod inspect;
+#[allow(unused_imports)]
 pub use inspect::*;
