@@ -400,7 +400,11 @@ fn exit_reason(code: Option<i32>, busy: bool) -> Reason {
         // leaving the queue, which a cancellation does too, so it must not turn 2 into JobDone.
         Some(2) => Reason::NoTask,
         Some(1) if !busy => Reason::NoTask,
-        Some(_) | None if busy => Reason::JobDone,
+        // No code recorded (the wrapper did not survive either): the job's outcome is Forgejo's
+        // to tell; the instance had its job.
+        None if busy => Reason::JobDone,
+        // Any other code after the job started (128+n: killed by a signal, e.g. SIGKILL or the
+        // OOM killer; 1: an error) means the runner died mid-job: not a done job.
         _ => Reason::RunnerFailed,
     }
 }

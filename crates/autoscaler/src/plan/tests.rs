@@ -168,6 +168,9 @@ fn exit_codes_of_one_job() {
         (Some(2), true, Reason::NoTask),
         (Some(1), false, Reason::NoTask),
         (Some(137), false, Reason::RunnerFailed),
+        // Killed mid-job (SIGKILL, OOM): a failure, not a done job.
+        (Some(137), true, Reason::RunnerFailed),
+        (Some(1), true, Reason::RunnerFailed),
         (None, true, Reason::JobDone),
     ] {
         i.backend = BackendObs::Exited { code };
