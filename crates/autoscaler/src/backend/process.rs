@@ -1,5 +1,5 @@
 //! The process backend (the embedded default): each runner is a child process in its own work
-//! directory and its own process group.
+//! directory and its own session (which is also its own process group).
 //!
 //! Layout under the state directory:
 //! `instances/<id>/instance.json` (ownership marker: id, pool, pid, start time),
@@ -9,7 +9,10 @@
 //!
 //! Architecture invariant: the runner never inherits the autoscaler's environment; it gets
 //! exactly `InstanceSpec::env`. A process is identified by pid *and* kernel start time, so a
-//! recycled pid is never mistaken for (or killed as) one of our runners.
+//! recycled pid is never mistaken for (or killed as) one of our runners. Removal stops every
+//! process of the instance's session, also when the runner itself already died: job steps run
+//! in process groups of their own (as forgejo-runner's host mode does), so killing the
+//! runner's process group alone would leave a step of a SIGKILLed runner running.
 
 use std::{
     collections::HashMap,
@@ -105,8 +108,18 @@ impl ProcessBackend {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .process_group(0)
             .kill_on_drop(false);
+        // SAFETY: setsid(2) is async-signal-safe and only affects the child, between fork and
+        // exec. A new session (and process group) holds everything the runner starts, so that
+        // removal can find it even after the runner is gone.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = command
             .spawn()
             .map_err(|e| Self::err(format!("cannot start {}: {e}", spec.program.display())))?;
@@ -134,8 +147,8 @@ impl ProcessBackend {
             return Ok(Removal::default());
         }
         if let Ok(meta) = read_meta(&dir) {
-            if let Some(pid) = meta.pid.filter(|pid| is_alive(*pid, meta.start_ticks)) {
-                stop_group(pid, meta.start_ticks, grace).await;
+            if let Some(pid) = meta.pid {
+                stop_session(pid, meta.start_ticks, grace).await;
             }
         }
         if let Ok(mut children) = self.children.lock() {
@@ -246,20 +259,57 @@ fn is_alive(pid: u32, start_ticks: Option<u64>) -> bool {
     }
 }
 
-/// SIGTERM to the whole process group, SIGKILL after `grace`.
-async fn stop_group(pid: u32, start_ticks: Option<u64>, grace: Duration) {
-    let group = -(pid as i32);
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+/// Live processes of the session whose leader is `leader` (started at `leader_start`): the
+/// runner, its wrapper and everything they started that did not start a session of its own,
+/// whether or not the leader still lives.
+///
+/// Linux does not reuse a pid while it still names a session or process group with members, so
+/// if a process with the leader's pid exists but started at another time, nothing of ours is left.
+fn session_members(leader: u32, leader_start: Option<u64>) -> Vec<u32> {
+    if let (Some(expected), Some(actual)) = (leader_start, process_start_ticks(leader)) {
+        if actual != expected {
+            return Vec::new();
+        }
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut members = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        // Fields after the command name: state, ppid, pgrp, session, ..., starttime (index 19).
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let state = fields.first().copied().unwrap_or("X");
+        let session = fields.get(3).and_then(|f| f.parse::<u32>().ok());
+        let start = fields.get(19).and_then(|f| f.parse::<u64>().ok());
+        let ours = session == Some(leader) && start.zip(leader_start).is_none_or(|(s, l)| s >= l);
+        if ours && state != "Z" && state != "X" {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// SIGTERM to every process of the instance's session, SIGKILL to what is left after `grace`.
+async fn stop_session(leader: u32, leader_start: Option<u64>, grace: Duration) {
+    let signal_all = |signal: i32| {
+        let members = session_members(leader, leader_start);
+        for pid in &members {
+            // SAFETY: kill(2) on a pid of our own instance's session; no memory is involved.
+            unsafe { libc::kill(*pid as i32, signal) };
+        }
+        !members.is_empty()
+    };
+    if !signal_all(libc::SIGTERM) {
+        return;
+    }
     let deadline = tokio::time::Instant::now() + grace;
-    while is_alive(pid, start_ticks) && tokio::time::Instant::now() < deadline {
+    while !session_members(leader, leader_start).is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if is_alive(pid, start_ticks) {
-        // SAFETY: as above.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+    if signal_all(libc::SIGKILL) {
         for _ in 0..100 {
-            if !is_alive(pid, start_ticks) {
+            if session_members(leader, leader_start).is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -347,6 +397,23 @@ mod tests {
         backend.delete_instance("b", Duration::from_secs(2)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!is_alive(grandchild, None), "grandchild {grandchild} survived");
+    }
+
+    #[tokio::test]
+    async fn delete_stops_what_a_dead_runner_left_running() {
+        let state = tempfile::tempdir().unwrap();
+        let backend = ProcessBackend::new(state.path(), Arc::default()).unwrap();
+        // The runner dies (exit 137, as after SIGKILL) and leaves a child behind, the way a
+        // SIGKILLed runner leaves its job step.
+        backend.create_instance(spec("d", "sleep 300 & echo $! > leftover; exit 137")).await.unwrap();
+        let status = wait_for(&backend, "d", |s| matches!(s, InstanceStatus::Exited { .. })).await;
+        assert_eq!(status, InstanceStatus::Exited { code: Some(137) });
+        let leftover: u32 =
+            std::fs::read_to_string(state.path().join("instances/d/leftover")).unwrap().trim().parse().unwrap();
+        assert!(is_alive(leftover, None), "the leftover runs before the removal");
+        backend.delete_instance("d", Duration::from_secs(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!is_alive(leftover, None), "leftover {leftover} survived the removal");
     }
 
     #[tokio::test]
