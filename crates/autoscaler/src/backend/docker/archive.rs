@@ -20,14 +20,25 @@ pub struct Owner {
 }
 
 /// Builds `DIR/` (0700) and `DIR/NAME` for every file (0600 when secret, else 0644).
-pub fn work_dir_archive(dir: &str, files: &[InstanceFile], owner: Owner) -> Result<Vec<u8>, String> {
+pub fn work_dir_archive(
+    dir: &str,
+    files: &[InstanceFile],
+    owner: Owner,
+) -> Result<Vec<u8>, String> {
     check_name(dir)?;
     let mut out = Vec::new();
     append(&mut out, &format!("{dir}/"), b'5', 0o700, owner, &[])?;
     for file in files {
         check_name(&file.name)?;
         let mode = if file.secret { 0o600 } else { 0o644 };
-        append(&mut out, &format!("{dir}/{}", file.name), b'0', mode, owner, &file.contents)?;
+        append(
+            &mut out,
+            &format!("{dir}/{}", file.name),
+            b'0',
+            mode,
+            owner,
+            &file.contents,
+        )?;
     }
     out.resize(out.len() + 2 * BLOCK, 0);
     Ok(out)
@@ -44,11 +55,20 @@ fn check_name(name: &str) -> Result<(), String> {
     if plain {
         Ok(())
     } else {
-        Err(format!("instance file name {name:?} is not a plain file name"))
+        Err(format!(
+            "instance file name {name:?} is not a plain file name"
+        ))
     }
 }
 
-fn append(out: &mut Vec<u8>, path: &str, kind: u8, mode: u32, owner: Owner, contents: &[u8]) -> Result<(), String> {
+fn append(
+    out: &mut Vec<u8>,
+    path: &str,
+    kind: u8,
+    mode: u32,
+    owner: Owner,
+    contents: &[u8],
+) -> Result<(), String> {
     let mut header = [0u8; BLOCK];
     let name = path.as_bytes();
     if name.len() >= 100 {
@@ -91,39 +111,89 @@ mod tests {
     use super::*;
 
     fn file(name: &str, contents: &[u8], secret: bool) -> InstanceFile {
-        InstanceFile { name: name.into(), contents: contents.to_vec(), secret }
+        InstanceFile {
+            name: name.into(),
+            contents: contents.to_vec(),
+            secret,
+        }
     }
 
     #[test]
     fn the_system_tar_reads_it_with_modes_and_owners() {
-        let files = [file("runner-token", b"s3cret-token", true), file("notes.txt", &[b'x'; 700], false)];
-        let archive = work_dir_archive("work", &files, Owner { uid: 1000, gid: 1001 }).unwrap();
+        let files = [
+            file("runner-token", b"s3cret-token", true),
+            file("notes.txt", &[b'x'; 700], false),
+        ];
+        let archive = work_dir_archive(
+            "work",
+            &files,
+            Owner {
+                uid: 1000,
+                gid: 1001,
+            },
+        )
+        .unwrap();
         assert_eq!(archive.len() % BLOCK, 0);
         let dir = tempfile::tempdir().unwrap();
         let tar_path = dir.path().join("a.tar");
         std::fs::write(&tar_path, &archive).unwrap();
-        let listing = std::process::Command::new("tar").arg("-tvf").arg(&tar_path).arg("--numeric-owner").output().unwrap();
-        assert!(listing.status.success(), "tar -t failed: {}", String::from_utf8_lossy(&listing.stderr));
+        let listing = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg(&tar_path)
+            .arg("--numeric-owner")
+            .output()
+            .unwrap();
+        assert!(
+            listing.status.success(),
+            "tar -t failed: {}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
         let text = String::from_utf8_lossy(&listing.stdout);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("drwx------ 1000/1001") && lines[0].ends_with("work/"), "{text}");
-        assert!(lines[1].starts_with("-rw------- 1000/1001") && lines[1].ends_with("work/runner-token"), "{text}");
-        assert!(lines[2].starts_with("-rw-r--r-- 1000/1001") && lines[2].contains(" 700 "), "{text}");
+        assert!(
+            lines[0].starts_with("drwx------ 1000/1001") && lines[0].ends_with("work/"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("-rw------- 1000/1001") && lines[1].ends_with("work/runner-token"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("-rw-r--r-- 1000/1001") && lines[2].contains(" 700 "),
+            "{text}"
+        );
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let extract = std::process::Command::new("tar").arg("-xf").arg(&tar_path).arg("-C").arg(&out).status().unwrap();
+        let extract = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_path)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
         assert!(extract.success());
-        assert_eq!(std::fs::read(out.join("work/runner-token")).unwrap(), b"s3cret-token");
-        assert_eq!(std::fs::read(out.join("work/notes.txt")).unwrap().len(), 700);
+        assert_eq!(
+            std::fs::read(out.join("work/runner-token")).unwrap(),
+            b"s3cret-token"
+        );
+        assert_eq!(
+            std::fs::read(out.join("work/notes.txt")).unwrap().len(),
+            700
+        );
     }
 
     #[test]
     fn names_cannot_leave_the_directory() {
         for bad in ["", ".", "..", "../etc/passwd", "a/b", "/abs"] {
-            assert!(work_dir_archive("work", &[file(bad, b"x", true)], Owner::default()).is_err(), "{bad:?}");
+            assert!(
+                work_dir_archive("work", &[file(bad, b"x", true)], Owner::default()).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(work_dir_archive("../work", &[], Owner::default()).is_err());
-        assert!(work_dir_archive("work", &[file(".runner", b"{}", true)], Owner::default()).is_ok());
+        assert!(
+            work_dir_archive("work", &[file(".runner", b"{}", true)], Owner::default()).is_ok()
+        );
     }
 }

@@ -43,13 +43,23 @@ pub fn container_name(instance_id: &str) -> String {
 }
 
 /// The engine request for one runner container.
-pub fn create_body(spec: &InstanceSpec, pool: &DockerPoolConfig, owner_id: &str) -> ContainerCreateBody {
-    let runner_file = spec.files.iter().find(|f| f.name == crate::provision::RUNNER_FILE);
+pub fn create_body(
+    spec: &InstanceSpec,
+    pool: &DockerPoolConfig,
+    owner_id: &str,
+) -> ContainerCreateBody {
+    let runner_file = spec
+        .files
+        .iter()
+        .find(|f| f.name == crate::provision::RUNNER_FILE);
     let mut labels = HashMap::from([
         (labels::OWNER.to_string(), owner_id.to_string()),
         (labels::INSTANCE.to_string(), spec.id.clone()),
         (labels::POOL.to_string(), spec.pool.clone()),
-        (labels::RUNNER.to_string(), runner_name(spec, runner_file.map(|f| f.contents.as_slice()))),
+        (
+            labels::RUNNER.to_string(),
+            runner_name(spec, runner_file.map(|f| f.contents.as_slice())),
+        ),
     ]);
     if let Some(handle) = arg_value(&spec.args, "--handle") {
         labels.insert(labels::JOB_HANDLE.to_string(), handle.to_string());
@@ -75,7 +85,14 @@ fn host_config(pool: &DockerPoolConfig) -> HostConfig {
     let binds: Vec<String> = pool
         .volumes
         .iter()
-        .map(|v| format!("{}:{}{}", v.source, v.target.display(), if v.read_only { ":ro" } else { "" }))
+        .map(|v| {
+            format!(
+                "{}:{}{}",
+                v.source,
+                v.target.display(),
+                if v.read_only { ":ro" } else { "" }
+            )
+        })
         .collect();
     let network = match pool.network {
         DockerNetwork::Bridge => "bridge",
@@ -89,10 +106,15 @@ fn host_config(pool: &DockerPoolConfig) -> HostConfig {
         network_mode: Some(network.to_string()),
         binds: (!binds.is_empty()).then_some(binds),
         readonly_rootfs: Some(pool.read_only),
-        tmpfs: pool.read_only.then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,mode=1777".to_string())])),
+        tmpfs: pool.read_only.then(|| {
+            HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,mode=1777".to_string())])
+        }),
         // Removal is ours: the exit code and log are read first (no auto-remove race).
         auto_remove: Some(false),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
         ..Default::default()
     }
 }
@@ -132,8 +154,8 @@ pub fn host_mode_args(args: &[String]) -> Vec<String> {
 
 /// A `.runner` file (Forgejo 13/14) with its labels turned into host mode; other fields kept.
 pub fn host_mode_runner_file(contents: &[u8]) -> Result<Vec<u8>, String> {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(contents).map_err(|e| format!("the .runner file is not JSON: {e}"))?;
+    let mut value: serde_json::Value = serde_json::from_slice(contents)
+        .map_err(|e| format!("the .runner file is not JSON: {e}"))?;
     if let Some(labels) = value.get_mut("labels").and_then(|l| l.as_array_mut()) {
         for label in labels.iter_mut() {
             if let Some(text) = label.as_str() {
@@ -154,7 +176,10 @@ fn runner_name(spec: &InstanceSpec, runner_file: Option<&[u8]>) -> String {
 }
 
 fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 /// Who must own the work directory: a numeric `UID[:GID]` user. `None` for a named user or the
@@ -192,7 +217,11 @@ mod tests {
             memory: Some(512 << 20),
             pids_limit: Some(256),
             network: DockerNetwork::Host,
-            volumes: vec![VolumeMount { source: "/srv/cache".into(), target: PathBuf::from("/cache"), read_only: true }],
+            volumes: vec![VolumeMount {
+                source: "/srv/cache".into(),
+                target: PathBuf::from("/cache"),
+                read_only: true,
+            }],
             user: Some("1000:1000".into()),
             read_only: true,
             pull_policy: PullPolicy::Never,
@@ -219,8 +248,15 @@ mod tests {
             ]
             .map(String::from)
             .to_vec(),
-            files: vec![InstanceFile { name: "runner-token".into(), contents: b"tok".to_vec(), secret: true }],
-            env: BTreeMap::from([("HOME".into(), WORK_DIR.into()), ("CI_EXTRA".into(), "1".into())]),
+            files: vec![InstanceFile {
+                name: "runner-token".into(),
+                contents: b"tok".to_vec(),
+                secret: true,
+            }],
+            env: BTreeMap::from([
+                ("HOME".into(), WORK_DIR.into()),
+                ("CI_EXTRA".into(), "1".into()),
+            ]),
         }
     }
 
@@ -233,7 +269,9 @@ mod tests {
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
         assert_eq!(body.volumes, Some(vec![VOLUME_DIR.to_string()]));
         let env = body.env.unwrap();
-        assert!(env.contains(&"CI_EXTRA=1".to_string()) && env.contains(&format!("HOME={WORK_DIR}")));
+        assert!(
+            env.contains(&"CI_EXTRA=1".to_string()) && env.contains(&format!("HOME={WORK_DIR}"))
+        );
         let host = body.host_config.unwrap();
         assert_eq!(host.nano_cpus, Some(1_500_000_000));
         assert_eq!(host.memory, Some(512 << 20));
@@ -262,23 +300,42 @@ mod tests {
         p.read_only = false;
         p.network = DockerNetwork::Bridge;
         let host = create_body(&spec(), &p, "o").host_config.unwrap();
-        assert_eq!((host.nano_cpus, host.memory, host.pids_limit), (None, None, None));
-        assert_eq!(host.binds, None, "no volume (and so no Docker socket) unless configured");
+        assert_eq!(
+            (host.nano_cpus, host.memory, host.pids_limit),
+            (None, None, None)
+        );
+        assert_eq!(
+            host.binds, None,
+            "no volume (and so no Docker socket) unless configured"
+        );
         assert_eq!(host.tmpfs, None);
         assert_eq!(host.network_mode.as_deref(), Some("bridge"));
         let mut none = pool();
         none.network = DockerNetwork::Disabled;
-        assert_eq!(create_body(&spec(), &none, "o").host_config.unwrap().network_mode.as_deref(), Some("none"));
+        assert_eq!(
+            create_body(&spec(), &none, "o")
+                .host_config
+                .unwrap()
+                .network_mode
+                .as_deref(),
+            Some("none")
+        );
     }
 
     #[test]
     fn labels_become_host_mode_and_secrets_stay_out_of_the_request() {
         let body = create_body(&spec(), &pool(), "o");
         let cmd = body.cmd.clone().unwrap();
-        assert!(cmd.contains(&"trixie:host".to_string()) && cmd.contains(&"plain:host".to_string()), "{cmd:?}");
+        assert!(
+            cmd.contains(&"trixie:host".to_string()) && cmd.contains(&"plain:host".to_string()),
+            "{cmd:?}"
+        );
         assert!(!cmd.iter().any(|a| a.contains("docker://")));
         let request = serde_json::to_string(&body).unwrap();
-        assert!(!request.contains("tok\""), "the credential must not be in the create request: {request}");
+        assert!(
+            !request.contains("tok\""),
+            "the credential must not be in the create request: {request}"
+        );
     }
 
     #[test]
@@ -286,11 +343,18 @@ mod tests {
         let file = serde_json::json!({"name": "debian-ab12-x", "token": "t", "labels": ["trixie:docker://debian:trixie", "x"]});
         let rewritten = host_mode_runner_file(file.to_string().as_bytes()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
-        assert_eq!(value["labels"], serde_json::json!(["trixie:host", "x:host"]));
+        assert_eq!(
+            value["labels"],
+            serde_json::json!(["trixie:host", "x:host"])
+        );
         assert_eq!(value["token"], "t");
         let mut s = spec();
         s.args = vec!["one-job".into()];
-        s.files = vec![InstanceFile { name: ".runner".into(), contents: rewritten, secret: true }];
+        s.files = vec![InstanceFile {
+            name: ".runner".into(),
+            contents: rewritten,
+            secret: true,
+        }];
         let labels = create_body(&s, &pool(), "o").labels.unwrap();
         assert_eq!(labels[labels::RUNNER], "debian-ab12-x");
         assert!(!labels.contains_key(labels::JOB_HANDLE));
@@ -299,8 +363,17 @@ mod tests {
 
     #[test]
     fn numeric_users_only() {
-        assert_eq!(numeric_owner(Some("1000:1001")), Some(Owner { uid: 1000, gid: 1001 }));
-        assert_eq!(numeric_owner(Some("1000")), Some(Owner { uid: 1000, gid: 0 }));
+        assert_eq!(
+            numeric_owner(Some("1000:1001")),
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            numeric_owner(Some("1000")),
+            Some(Owner { uid: 1000, gid: 0 })
+        );
         assert_eq!(numeric_owner(Some("runner")), None);
         assert_eq!(numeric_owner(Some("1000:runner")), None);
         assert_eq!(numeric_owner(None), None);

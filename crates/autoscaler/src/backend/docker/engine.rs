@@ -23,7 +23,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(address: String) -> Engine {
-        Engine { address, client: Mutex::new(None) }
+        Engine {
+            address,
+            client: Mutex::new(None),
+        }
     }
 
     /// The engine for a pool's `docker_host`: the setting, else `DOCKER_HOST`, else the default
@@ -43,10 +46,12 @@ impl Engine {
             return Ok(client.clone());
         }
         let client = self.connect()?;
-        let client = client
-            .negotiate_version()
-            .await
-            .map_err(|e| self.error("cannot reach the engine (is it running? check docker_host)", &e))?;
+        let client = client.negotiate_version().await.map_err(|e| {
+            self.error(
+                "cannot reach the engine (is it running? check docker_host)",
+                &e,
+            )
+        })?;
         tracing::debug!(engine = %self.address, api = %client.client_version(), "connected to the container engine");
         *slot = Some(client.clone());
         Ok(client)
@@ -73,12 +78,20 @@ impl Engine {
                 ),
             });
         };
-        client.map_err(|e| self.error("cannot reach the engine (is it running? check docker_host)", &e))
+        client.map_err(|e| {
+            self.error(
+                "cannot reach the engine (is it running? check docker_host)",
+                &e,
+            )
+        })
     }
 
     /// An error that names the engine and carries its message.
     pub fn error(&self, doing: &str, error: &bollard::errors::Error) -> BackendError {
-        BackendError { backend: "docker", message: format!("engine {}: {doing}: {}", self.address, describe(error)) }
+        BackendError {
+            backend: "docker",
+            message: format!("engine {}: {doing}: {}", self.address, describe(error)),
+        }
     }
 }
 
@@ -87,7 +100,10 @@ impl Engine {
 pub fn describe(error: &bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match error {
-        Error::DockerResponseServerError { status_code, message } => format!("{} (HTTP {status_code})", message.trim()),
+        Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{} (HTTP {status_code})", message.trim()),
         other => {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);
@@ -105,14 +121,21 @@ pub fn describe(error: &bollard::errors::Error) -> String {
 
 /// Whether the engine answered "no such container / image" (the thing is already gone).
 pub fn is_not_found(error: &bollard::errors::Error) -> bool {
-    matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 /// Whether the request never reached a working engine (so the client should reconnect).
 pub fn is_transport(error: &bollard::errors::Error) -> bool {
     !matches!(
         error,
-        bollard::errors::Error::DockerResponseServerError { .. } | bollard::errors::Error::DockerContainerWaitError { .. }
+        bollard::errors::Error::DockerResponseServerError { .. }
+            | bollard::errors::Error::DockerContainerWaitError { .. }
     )
 }
 
@@ -124,17 +147,37 @@ mod tests {
     async fn a_missing_or_dead_socket_is_reported_with_its_address_and_cause() {
         let dir = tempfile::tempdir().unwrap();
         let missing = format!("unix://{}/nothing.sock", dir.path().display());
-        let error = Engine::new(missing.clone()).client().await.err().expect("no engine there");
+        let error = Engine::new(missing.clone())
+            .client()
+            .await
+            .err()
+            .expect("no engine there");
         assert!(error.message.contains(&missing), "{}", error.message);
-        assert!(error.message.contains("cannot reach the engine"), "{}", error.message);
-        assert!(error.message.to_lowercase().contains("not found"), "the cause is kept: {}", error.message);
+        assert!(
+            error.message.contains("cannot reach the engine"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.to_lowercase().contains("not found"),
+            "the cause is kept: {}",
+            error.message
+        );
         // A socket file nobody listens on any more (a stopped daemon).
         let path = dir.path().join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let stale = format!("unix://{}", path.display());
-        let error = Engine::new(stale.clone()).client().await.err().expect("nobody listens");
+        let error = Engine::new(stale.clone())
+            .client()
+            .await
+            .err()
+            .expect("nobody listens");
         assert!(error.message.contains(&stale), "{}", error.message);
-        assert!(error.message.to_lowercase().contains("connection refused"), "the OS cause is kept: {}", error.message);
+        assert!(
+            error.message.to_lowercase().contains("connection refused"),
+            "the OS cause is kept: {}",
+            error.message
+        );
     }
 
     #[test]
@@ -146,7 +189,10 @@ mod tests {
 
     #[test]
     fn server_errors_keep_the_engine_message() {
-        let e = bollard::errors::Error::DockerResponseServerError { status_code: 404, message: "No such image: x:1\n".into() };
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: "No such image: x:1\n".into(),
+        };
         assert_eq!(describe(&e), "No such image: x:1 (HTTP 404)");
         assert!(is_not_found(&e) && !is_transport(&e));
     }

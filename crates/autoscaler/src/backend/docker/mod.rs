@@ -23,8 +23,8 @@ use std::{
 use bollard::{
     models::ContainerSummaryStateEnum,
     query_parameters::{
-        CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-        StopContainerOptions, UploadToContainerOptions,
+        CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+        RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
     },
     Docker,
 };
@@ -34,7 +34,9 @@ use tokio::sync::Notify;
 pub use container::{labels, VOLUME_DIR, WORK_DIR};
 use engine::Engine;
 
-use super::{Backend, BackendError, BoxFuture, InstanceSpec, InstanceStatus, ObservedInstance, Removal};
+use super::{
+    Backend, BackendError, BoxFuture, InstanceSpec, InstanceStatus, ObservedInstance, Removal,
+};
 use crate::config::{BackendKind, Config, DockerPoolConfig, PullPolicy};
 
 /// Lines of a removed container's log kept in its record.
@@ -72,17 +74,34 @@ impl DockerBackend {
     pub fn new(config: &Config, owner_id: String, exited: Arc<Notify>) -> DockerBackend {
         let mut pools = BTreeMap::new();
         let mut engines = BTreeMap::new();
-        for pool in config.pools.iter().filter(|p| p.backend == BackendKind::Docker) {
-            let Some(settings) = pool.docker.clone() else { continue };
+        for pool in config
+            .pools
+            .iter()
+            .filter(|p| p.backend == BackendKind::Docker)
+        {
+            let Some(settings) = pool.docker.clone() else {
+                continue;
+            };
             let address = Engine::address_for(settings.docker_host.as_deref());
-            engines.entry(address.clone()).or_insert_with(|| Arc::new(Engine::new(address)));
+            engines
+                .entry(address.clone())
+                .or_insert_with(|| Arc::new(Engine::new(address)));
             pools.insert(pool.name.clone(), settings);
         }
-        DockerBackend { owner_id, pools, engines, exited, watched: Arc::default() }
+        DockerBackend {
+            owner_id,
+            pools,
+            engines,
+            exited,
+            watched: Arc::default(),
+        }
     }
 
     fn err(message: impl Into<String>) -> BackendError {
-        BackendError { backend: "docker", message: message.into() }
+        BackendError {
+            backend: "docker",
+            message: message.into(),
+        }
     }
 
     fn owner_filter(&self, instance: Option<&str>) -> HashMap<String, Vec<String>> {
@@ -103,7 +122,11 @@ impl DockerBackend {
             .get(&Engine::address_for(pool.docker_host.as_deref()))
             .ok_or_else(|| Self::err(format!("no engine for pool {:?}", spec.pool)))?
             .clone();
-        for file in spec.files.iter_mut().filter(|f| f.name == crate::provision::RUNNER_FILE) {
+        for file in spec
+            .files
+            .iter_mut()
+            .filter(|f| f.name == crate::provision::RUNNER_FILE)
+        {
             file.contents = container::host_mode_runner_file(&file.contents).map_err(Self::err)?;
         }
         let client = engine.client().await?;
@@ -125,7 +148,10 @@ impl DockerBackend {
     ) -> Result<String, BackendError> {
         ensure_image(engine, client, &pool.image, pool.pull_policy).await?;
         let body = container::create_body(spec, pool, &self.owner_id);
-        let options = CreateContainerOptions { name: Some(container::container_name(&spec.id)), ..Default::default() };
+        let options = CreateContainerOptions {
+            name: Some(container::container_name(&spec.id)),
+            ..Default::default()
+        };
         let created = client
             .create_container(Some(options), body)
             .await
@@ -133,8 +159,12 @@ impl DockerBackend {
         // The credential file, before the runner can look for it. A failure leaves a created
         // (never started) container: the reconciler removes it with the instance.
         let owner = container::numeric_owner(pool.user.as_deref());
-        let tar = archive::work_dir_archive(container::WORK_DIR_NAME, &spec.files, owner.unwrap_or_default())
-            .map_err(Self::err)?;
+        let tar = archive::work_dir_archive(
+            container::WORK_DIR_NAME,
+            &spec.files,
+            owner.unwrap_or_default(),
+        )
+        .map_err(Self::err)?;
         let upload = UploadToContainerOptions {
             path: container::VOLUME_DIR.to_string(),
             copy_uidgid: owner.is_none().then(|| "1".to_string()),
@@ -150,12 +180,18 @@ impl DockerBackend {
             .map_err(|e| engine.error(&format!("starting the container of {}", spec.id), &e))?;
         self.watch(client.clone(), created.id.clone());
         tracing::debug!(instance = %spec.id, engine = %engine.address, container = %created.id, "runner container started");
-        Ok(serde_json::to_string(&BackendRef { engine: &engine.address, container: &created.id }).unwrap_or_default())
+        Ok(serde_json::to_string(&BackendRef {
+            engine: &engine.address,
+            container: &created.id,
+        })
+        .unwrap_or_default())
     }
 
     /// Waits for the container's exit in the background and wakes the reconciler then.
     fn watch(&self, client: Docker, container_id: String) {
-        let Ok(mut watched) = self.watched.lock() else { return };
+        let Ok(mut watched) = self.watched.lock() else {
+            return;
+        };
         if !watched.insert(container_id.clone()) {
             return;
         }
@@ -182,11 +218,19 @@ impl DockerBackend {
                     continue;
                 }
             };
-            let options = ListContainersOptions { all: true, filters: Some(self.owner_filter(Some(id))), ..Default::default() };
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(self.owner_filter(Some(id))),
+                ..Default::default()
+            };
             match client.list_containers(Some(options)).await {
                 Ok(list) => {
                     if let Some(container_id) = list.into_iter().find_map(|c| c.id) {
-                        return Ok(Some(Found { engine: engine.clone(), client, container_id }));
+                        return Ok(Some(Found {
+                            engine: engine.clone(),
+                            client,
+                            container_id,
+                        }));
                     }
                 }
                 Err(e) => {
@@ -205,7 +249,12 @@ impl DockerBackend {
     }
 
     async fn delete_instance(&self, id: &str, grace: Duration) -> Result<Removal, BackendError> {
-        let Some(Found { engine, client, container_id }) = self.find(id).await? else {
+        let Some(Found {
+            engine,
+            client,
+            container_id,
+        }) = self.find(id).await?
+        else {
             return Ok(Removal::default());
         };
         let gone = |e: &bollard::errors::Error| engine::is_not_found(e);
@@ -214,28 +263,48 @@ impl DockerBackend {
             Err(e) if gone(&e) => return Ok(Removal::default()),
             Err(e) => return Err(engine.error("inspecting the container", &e)),
         };
-        let running = inspected.as_ref().and_then(|i| i.state.as_ref()).and_then(|s| s.running).unwrap_or(false);
+        let running = inspected
+            .as_ref()
+            .and_then(|i| i.state.as_ref())
+            .and_then(|s| s.running)
+            .unwrap_or(false);
         let mut stopped_by_us = false;
         if running {
             let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
-            let stop = StopContainerOptions { t: Some(seconds), ..Default::default() };
+            let stop = StopContainerOptions {
+                t: Some(seconds),
+                ..Default::default()
+            };
             match client.stop_container(&container_id, Some(stop)).await {
                 Ok(()) => stopped_by_us = true,
                 Err(e) if gone(&e) => return Ok(Removal::default()),
                 // 304: already stopped in between.
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304, ..
+                }) => {}
                 Err(e) => return Err(engine.error("stopping the container", &e)),
             }
         }
-        let state = client.inspect_container(&container_id, None).await.ok().and_then(|i| i.state);
-        let started = state.as_ref().and_then(|s| s.started_at.as_deref()).is_some_and(|t| !t.starts_with("0001-"));
+        let state = client
+            .inspect_container(&container_id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state);
+        let started = state
+            .as_ref()
+            .and_then(|s| s.started_at.as_deref())
+            .is_some_and(|t| !t.starts_with("0001-"));
         let exit_code = state
             .as_ref()
             .filter(|_| started)
             .and_then(|s| s.exit_code)
             .and_then(|c| i32::try_from(c).ok());
         let log_tail = log_tail(&client, &container_id).await;
-        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let remove = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
         match client.remove_container(&container_id, Some(remove)).await {
             Ok(()) => {}
             Err(e) if gone(&e) => {}
@@ -245,14 +314,22 @@ impl DockerBackend {
             watched.remove(&container_id);
         }
         tracing::debug!(instance = %id, engine = %engine.address, ?exit_code, stopped_by_us, "runner container removed");
-        Ok(Removal { exit_code, log_tail, log_path: None })
+        Ok(Removal {
+            exit_code,
+            log_tail,
+            log_path: None,
+        })
     }
 
     async fn list_instances(&self) -> Result<Vec<ObservedInstance>, BackendError> {
         let mut found = Vec::new();
         for engine in self.engines.values() {
             let client = engine.client().await?;
-            let options = ListContainersOptions { all: true, filters: Some(self.owner_filter(None)), ..Default::default() };
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(self.owner_filter(None)),
+                ..Default::default()
+            };
             let list = match client.list_containers(Some(options)).await {
                 Ok(list) => list,
                 Err(e) => {
@@ -268,14 +345,22 @@ impl DockerBackend {
                 if labels.get(labels::OWNER) != Some(&self.owner_id) {
                     continue;
                 }
-                let (Some(id), Some(container_id)) = (labels.get(labels::INSTANCE), summary.id.clone()) else { continue };
+                let (Some(id), Some(container_id)) =
+                    (labels.get(labels::INSTANCE), summary.id.clone())
+                else {
+                    continue;
+                };
                 let status = match summary.state {
                     Some(ContainerSummaryStateEnum::RUNNING)
                     | Some(ContainerSummaryStateEnum::RESTARTING)
                     | Some(ContainerSummaryStateEnum::PAUSED)
                     | Some(ContainerSummaryStateEnum::STOPPING) => InstanceStatus::Running,
-                    Some(ContainerSummaryStateEnum::CREATED) => InstanceStatus::Exited { code: None },
-                    _ => InstanceStatus::Exited { code: exit_code(&client, &container_id, summary.status.as_deref()).await },
+                    Some(ContainerSummaryStateEnum::CREATED) => {
+                        InstanceStatus::Exited { code: None }
+                    }
+                    _ => InstanceStatus::Exited {
+                        code: exit_code(&client, &container_id, summary.status.as_deref()).await,
+                    },
                 };
                 if status == InstanceStatus::Running {
                     self.watch(client.clone(), container_id.clone());
@@ -284,8 +369,11 @@ impl DockerBackend {
                     id: id.clone(),
                     pool: labels.get(labels::POOL).cloned(),
                     status,
-                    backend_ref: serde_json::to_string(&BackendRef { engine: &engine.address, container: &container_id })
-                        .unwrap_or_default(),
+                    backend_ref: serde_json::to_string(&BackendRef {
+                        engine: &engine.address,
+                        container: &container_id,
+                    })
+                    .unwrap_or_default(),
                 });
             }
         }
@@ -307,7 +395,11 @@ impl Backend for DockerBackend {
         Box::pin(self.create_instance(spec))
     }
 
-    fn delete<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<Removal, BackendError>> {
+    fn delete<'a>(
+        &'a self,
+        id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<Removal, BackendError>> {
         Box::pin(self.delete_instance(id, grace))
     }
 
@@ -317,7 +409,12 @@ impl Backend for DockerBackend {
 }
 
 /// Applies the pull policy; `never` only checks that the image is there.
-async fn ensure_image(engine: &Engine, client: &Docker, image: &str, policy: PullPolicy) -> Result<(), BackendError> {
+async fn ensure_image(
+    engine: &Engine,
+    client: &Docker,
+    image: &str,
+    policy: PullPolicy,
+) -> Result<(), BackendError> {
     let present = match client.inspect_image(image).await {
         Ok(_) => true,
         Err(e) if engine::is_not_found(&e) => false,
@@ -338,7 +435,10 @@ async fn ensure_image(engine: &Engine, client: &Docker, image: &str, policy: Pul
         PullPolicy::Always => true,
     };
     if pull {
-        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
         let mut progress = client.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| engine.error(&format!("pulling image {image}"), &e))?;
@@ -353,7 +453,11 @@ async fn exit_code(client: &Docker, container_id: &str, status: Option<&str>) ->
     if let Some(code) = status.and_then(parse_exit_status) {
         return Some(code);
     }
-    let state = client.inspect_container(container_id, None).await.ok()?.state?;
+    let state = client
+        .inspect_container(container_id, None)
+        .await
+        .ok()?
+        .state?;
     state.exit_code.and_then(|c| i32::try_from(c).ok())
 }
 
@@ -364,7 +468,12 @@ fn parse_exit_status(status: &str) -> Option<i32> {
 
 /// The last lines of the container's output (stdout and stderr).
 async fn log_tail(client: &Docker, container_id: &str) -> Option<String> {
-    let options = LogsOptions { stdout: true, stderr: true, tail: LOG_TAIL_LINES.to_string(), ..Default::default() };
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: LOG_TAIL_LINES.to_string(),
+        ..Default::default()
+    };
     let mut stream = client.logs(container_id, Some(options));
     let mut text = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -386,7 +495,10 @@ mod tests {
     #[test]
     fn exit_status_text() {
         assert_eq!(parse_exit_status("Exited (0) 3 seconds ago"), Some(0));
-        assert_eq!(parse_exit_status("Exited (137) About a minute ago"), Some(137));
+        assert_eq!(
+            parse_exit_status("Exited (137) About a minute ago"),
+            Some(137)
+        );
         assert_eq!(parse_exit_status("Up 2 seconds"), None);
         assert_eq!(parse_exit_status("Created"), None);
     }
