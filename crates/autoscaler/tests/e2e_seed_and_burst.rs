@@ -426,3 +426,354 @@ async fn burst_of_200_under_cap_20_on_forgejo_14() {
 async fn burst_of_200_under_cap_20_on_forgejo_15() {
     burst("15").await;
 }
+
+/// `shared/workflow-shapes`, beside the repository checkout.
+fn shapes_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/workflow-shapes");
+    assert!(
+        dir.is_dir(),
+        "the workflow shapes folder {} is missing (the team's `shared` folder)",
+        dir.display()
+    );
+    dir
+}
+
+/// One shape of `shared/workflow-shapes`: its file, the repository it goes to, the local
+/// reusable workflows it calls, whether a push starts it, and the `runs-on` sets of its jobs.
+struct Shape {
+    file: String,
+    repo: String,
+    called: Vec<String>,
+    on_push: bool,
+    label_sets: BTreeSet<Vec<String>>,
+}
+
+fn read_shapes() -> Vec<Shape> {
+    let dir = shapes_dir();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yml") || n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let resolve = |path: &str| std::fs::read_to_string(dir.join(path.rsplit('/').next()?)).ok();
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(dir.join(&file)).unwrap();
+            let workflow = forgejo_sim::workflow::parse_workflow(
+                &format!(".forgejo/workflows/{file}"),
+                &text,
+                &resolve,
+            )
+            .unwrap_or_else(|e| panic!("{file} parses: {e}"));
+            let called = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("uses: ./.forgejo/workflows/"))
+                .map(|f| f.trim().to_string())
+                .collect();
+            let label_sets = workflow
+                .jobs
+                .iter()
+                .filter(|j| {
+                    !matches!(
+                        j.kind,
+                        forgejo_sim::workflow::JobKind::WorkflowCallOuter { .. }
+                    )
+                })
+                .filter(|j| !j.runs_on.is_empty() && !j.incomplete_runs_on)
+                .map(|j| {
+                    let mut labels = j.runs_on.clone();
+                    labels.sort();
+                    labels
+                })
+                .collect();
+            let stem = file.rsplit_once('.').map(|(s, _)| s).unwrap_or(&file);
+            Shape {
+                repo: format!("shape-{stem}"),
+                file,
+                called,
+                on_push: workflow.on.push,
+                label_sets,
+            }
+        })
+        .collect()
+}
+
+/// Labels no pool offers.
+const UNOFFERED_LABEL: &str = "no-pool-offers-this";
+
+/// A configuration with one pool per distinct `runs-on` set of the shapes (the most specific
+/// pool serves each job) and one scope per repository.
+fn shapes_config(env: &Env, shapes: &[Shape]) -> std::path::PathBuf {
+    let label_sets: BTreeSet<&Vec<String>> =
+        shapes.iter().flat_map(|s| s.label_sets.iter()).collect();
+    let mut scopes: Vec<String> = shapes
+        .iter()
+        .map(|s| format!("\"repo:root/{}\"", s.repo))
+        .collect();
+    scopes.push("\"repo:root/unmatched\"".into());
+    let mut text = format!(
+        r#"[forgejo]
+url = "{url}"
+token_file = "token"
+scopes = [{scopes}]
+version = "15"
+poll_interval = "1s"
+request_timeout = "5s"
+
+[runner]
+binary = "{runner}"
+fetch_interval = "1s"
+
+[limits]
+max_runners = 8
+
+[store]
+path = "state/autoscaler.db"
+
+[http]
+listen = "off"
+"#,
+        url = env.url(),
+        scopes = scopes.join(", "),
+        runner = env.runner.display(),
+    );
+    for (n, labels) in label_sets.iter().enumerate() {
+        let quoted: Vec<String> = labels.iter().map(|l| format!("{l:?}")).collect();
+        text.push_str(&format!(
+            "\n[[pools]]\nname = \"shape-pool-{n}\"\nlabels = [{}]\nbackend = \"process\"\nmax_runners = 8\n",
+            quoted.join(", ")
+        ));
+    }
+    let path = env.path().join("autoscaler.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "success" | "failure" | "cancelled" | "skipped")
+}
+
+/// Issue 3, test 10 (second part), Forgejo 15: every real workflow shape runs to completion
+/// with pools derived from its jobs' `runs-on`: every job reaches a final state (jobs whose
+/// outputs, containers or actions the stand-in cannot provide may fail), none is left waiting.
+/// A job whose label no pool offers is reported once (log, `explain`), stays waiting and gets
+/// no instance. Field notes #21 (subset rule, most specific pool), #23 and §5.8 (explain why a
+/// job is not served), #25 (label bindings vs names), #27 (matrices of identical labels).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_workflow_shapes_run_to_completion_on_forgejo_15() {
+    let env = Env::start("15").await;
+    let shapes = read_shapes();
+    assert!(
+        shapes.len() >= 10,
+        "the shapes folder holds the real workflows: {}",
+        shapes.len()
+    );
+    let config = shapes_config(&env, &shapes);
+
+    for shape in &shapes {
+        create_repo(&env, &shape.repo).await;
+        for called in &shape.called {
+            let text = std::fs::read_to_string(shapes_dir().join(called)).unwrap();
+            commit_file_to(
+                &env,
+                &shape.repo,
+                &format!(".forgejo/workflows/{called}"),
+                &text,
+            )
+            .await;
+        }
+        let text = std::fs::read_to_string(shapes_dir().join(&shape.file)).unwrap();
+        commit_file_to(
+            &env,
+            &shape.repo,
+            &format!(".forgejo/workflows/{}", shape.file),
+            &text,
+        )
+        .await;
+        if !shape.on_push {
+            let body =
+                serde_json::json!({"owner": "root", "repo": shape.repo, "workflow": shape.file});
+            let response = env.sim_post("/dispatch", body).await;
+            assert!(
+                response.status().is_success(),
+                "dispatch {}: {}",
+                shape.file,
+                response.status()
+            );
+        }
+    }
+    create_repo(&env, "unmatched").await;
+    commit_file_to(
+        &env,
+        "unmatched",
+        ".forgejo/workflows/unmatched.yml",
+        &format!("on: [push]\njobs:\n  nobody:\n    runs-on: [trixie, {UNOFFERED_LABEL}]\n    steps:\n      - run: echo never\n"),
+    )
+    .await;
+    let unmatched_id = sim_jobs_raw(&env)
+        .await
+        .iter()
+        .find(|j| j["repo"] == "root/unmatched")
+        .and_then(|j| j["id"].as_i64())
+        .expect("the unmatched job exists");
+
+    let mut child = env.spawn_autoscaler(&["run", "-c", &config.display().to_string()]);
+    let shape_jobs = |jobs: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        jobs.into_iter()
+            .filter(|j| {
+                j["repo"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("root/shape-"))
+            })
+            .collect()
+    };
+    let all_final = wait_until(Duration::from_secs(300), || async {
+        let jobs = shape_jobs(sim_jobs_raw(&env).await);
+        !jobs.is_empty()
+            && jobs
+                .iter()
+                .all(|j| is_final(j["status"].as_str().unwrap_or_default()))
+    })
+    .await;
+    let jobs = shape_jobs(sim_jobs_raw(&env).await);
+    let mut per_repo: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for job in &jobs {
+        let repo = job["repo"].as_str().unwrap_or_default().to_string();
+        *per_repo
+            .entry(repo)
+            .or_default()
+            .entry(job["status"].as_str().unwrap_or_default().into())
+            .or_default() += 1;
+    }
+    eprintln!("workflow shapes, job states per repository: {per_repo:#?}");
+    // Why a job failed is the stand-in's business (a step it cannot run); show one log.
+    if let Some(failed) = jobs.iter().find(|j| j["status"] == "failure") {
+        let log = reqwest::get(format!("{}/_sim/jobs/{}/log", env.url(), failed["id"]))
+            .await
+            .unwrap()
+            .text()
+            .await;
+        eprintln!(
+            "log of failed job {} {}: {}",
+            failed["repo"],
+            failed["name"],
+            log.unwrap_or_default()
+        );
+    }
+    let open: Vec<String> = jobs
+        .iter()
+        .filter(|j| !is_final(j["status"].as_str().unwrap_or_default()))
+        .map(|j| {
+            format!(
+                "{} {} {} runs-on {}",
+                j["repo"], j["name"], j["status"], j["runs_on"]
+            )
+        })
+        .collect();
+    assert!(
+        all_final,
+        "jobs not in a final state: {open:#?}\n{}",
+        env.logs()
+    );
+    for shape in &shapes {
+        let repo = format!("root/{}", shape.repo);
+        assert!(
+            per_repo.contains_key(&repo),
+            "{} started no job",
+            shape.file
+        );
+    }
+    let succeeded = jobs.iter().filter(|j| j["status"] == "success").count();
+    assert!(
+        succeeded * 2 >= jobs.len(),
+        "most shape jobs succeed on the stand-in: {per_repo:#?}"
+    );
+
+    // The job no pool fits: still waiting, never given an instance, reported once.
+    let unmatched = sim_jobs_raw(&env)
+        .await
+        .into_iter()
+        .find(|j| j["id"] == unmatched_id)
+        .expect("job");
+    assert_eq!(
+        unmatched["status"], "waiting",
+        "the unmatched job is not served: {unmatched}"
+    );
+    let instances = stored_instances(&store_of(&env)).expect("the store is readable");
+    assert!(
+        instances.iter().all(|i| i.job_id != Some(unmatched_id)),
+        "no instance for the unmatched job: {instances:#?}"
+    );
+    let report = format!("job={unmatched_id} ");
+    let reports = count_log_lines(&env, |l| {
+        l.contains("job fits no pool") && l.contains(&report)
+    });
+    assert_eq!(
+        reports,
+        1,
+        "the unmatched job is reported once at info level\n{}",
+        env.logs()
+    );
+    let status = terminate(&mut child, Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM\n{}",
+        env.logs()
+    );
+
+    let explain = std::process::Command::new(AUTOSCALER)
+        .args([
+            "explain",
+            "-c",
+            &config.display().to_string(),
+            &unmatched_id.to_string(),
+        ])
+        .current_dir(env.path())
+        .output()
+        .expect("explain runs");
+    let stdout = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain.status.success(),
+        "explain: {stdout}\n{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("job {unmatched_id} ")) && stdout.contains("fits no pool"),
+        "explain says the job fits no pool: {stdout}"
+    );
+    assert!(
+        stdout.contains(UNOFFERED_LABEL),
+        "explain names the label nobody offers: {stdout}"
+    );
+    assert_eq!(env.backend_instances(), 0, "no instance left");
+    assert!(
+        env.live_runners().await.is_empty(),
+        "no registration left: {:#?}",
+        env.live_runners().await
+    );
+}
+
+/// Lines of the autoscaler's logs that satisfy `matches`.
+fn count_log_lines(env: &Env, matches: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(env.path()) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("autoscaler-") && name.ends_with(".log")
+        })
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| matches(l))
+                .count()
+        })
+        .sum()
+}
