@@ -105,6 +105,36 @@ fn running_pool_containers(env: &Env, pool: &str) -> Vec<String> {
     our_containers(env, pool, true)
 }
 
+/// Removes every container of the test's pool (its name is unique to the test) when the test
+/// ends, passed or failed, so that a failed run leaves nothing running for the next one.
+struct PoolGuard(String);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={POOL_LABEL}={}", self.0),
+            ])
+            .output()
+        else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
 fn unique_pool() -> String {
     format!("dk{}", &uuid_like()[..8])
 }
@@ -247,6 +277,7 @@ async fn burst_in_containers_and_credentials_v14() {
 async fn burst_and_credentials(version: &str, jobs: u32, cap: u32) {
     let env = Env::start(version).await;
     let pool = unique_pool();
+    let _guard = PoolGuard(pool.clone());
     let config = write_docker_config(&env, &pool, cap);
     // Each step leaves its environment in the work directory, then lingers so that the test
     // can look inside a running container.
@@ -455,6 +486,7 @@ async fn sigkill_restart_adopts_containers_and_spares_foreign_ones() {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start("15").await;
     let pool = unique_pool();
+    let _guard = PoolGuard(pool.clone());
     let cap = 3;
     let config = write_docker_config(&env, &pool, cap);
     let foreign = [
@@ -575,6 +607,7 @@ async fn a_container_killed_mid_job_frees_its_slot_v15() {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start("15").await;
     let pool = unique_pool();
+    let _guard = PoolGuard(pool.clone());
     let config = write_docker_config(&env, &pool, 1);
     env.commit_workflow(
         "long.yml",

@@ -150,8 +150,7 @@ mod tests {
         let error = Engine::new(missing.clone())
             .client()
             .await
-            .err()
-            .expect("no engine there");
+            .expect_err("no engine there");
         assert!(error.message.contains(&missing), "{}", error.message);
         assert!(
             error.message.contains("cannot reach the engine"),
@@ -170,8 +169,7 @@ mod tests {
         let error = Engine::new(stale.clone())
             .client()
             .await
-            .err()
-            .expect("nobody listens");
+            .expect_err("nobody listens");
         assert!(error.message.contains(&stale), "{}", error.message);
         assert!(
             error.message.to_lowercase().contains("connection refused"),
@@ -183,7 +181,7 @@ mod tests {
     #[test]
     fn unsupported_schemes_say_what_to_do() {
         let engine = Engine::new("ssh://ci@build-2".into());
-        let error = engine.connect().err().expect("ssh is not built in");
+        let error = engine.connect().expect_err("ssh is not built in");
         assert!(error.message.contains("ssh -L"), "{}", error.message);
     }
 
