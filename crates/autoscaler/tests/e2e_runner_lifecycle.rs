@@ -148,6 +148,10 @@ async fn taken_by_another_runner(version: &str) {
     let ours = &instances[0];
     let reason = ours.reason.as_deref().unwrap_or_default();
     let runner_id = ours.runner_id.expect("our instance had a registration");
+    eprintln!(
+        "Forgejo {version}: our idle runner was removed with reason {reason:?} (exit code {:?})",
+        ours.exit_code
+    );
     if version == "15" {
         assert!(
             matches!(reason, "taken_by_other" | "cancelled"),
