@@ -173,11 +173,7 @@ fn pools(html: &mut String, status: &Status) {
          <th class=\"num\">waiting jobs</th><th>capacity</th><th>labels</th></tr>",
     );
     for p in &status.pools {
-        let width = if p.cap == 0 {
-            0
-        } else {
-            (p.used.min(p.cap) * 100 / p.cap) as usize
-        };
+        let width = (p.used.min(p.cap) * 100).checked_div(p.cap).unwrap_or(0);
         let count = |s: &str| p.by_state.get(s).copied().unwrap_or(0);
         let capacity = if p.at_capacity {
             format!(

@@ -34,13 +34,14 @@ pub async fn http_address(env: &Env, timeout: Duration) -> SocketAddr {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let found = text
                 .lines()
+                .rev()
                 .filter(|l| l.contains("serving /metrics"))
                 .filter_map(|l| {
                     l.split_whitespace()
                         .find_map(|w| w.strip_prefix("address="))
                 })
                 .filter_map(|a| a.parse::<SocketAddr>().ok())
-                .last();
+                .next();
             if let Some(address) = found {
                 return address;
             }
