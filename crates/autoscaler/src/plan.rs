@@ -36,6 +36,12 @@ pub enum Strategy {
 /// declared gone.
 pub const CONFIRMATIONS: u32 = 2;
 
+/// Forgejo 15: how long our runner must stay idle while its job runs before the job counts as
+/// taken by another runner. Forgejo calls a runner idle 10 s after its last UpdateTask/UpdateLog
+/// and a runner running a job reports every second, so 30 s of idleness is never a busy runner
+/// between two heartbeats.
+pub const TAKEN_BY_OTHER_AFTER_MS: u64 = 30_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobKey {
     pub id: i64,
@@ -94,6 +100,8 @@ pub struct InstanceView {
     pub job_obs: JobObs,
     /// Ticks in a row in which the job was running while our runner stayed idle (15).
     pub idle_while_job_running: u32,
+    /// For how long (ms) that has been so.
+    pub idle_while_job_running_ms: u64,
     /// An action on this instance is still being carried out.
     pub in_flight: bool,
 }
@@ -374,7 +382,9 @@ fn removal_reason(
                 }
             }
             if observed.strategy == Strategy::Ephemeral {
-                if instance.idle_while_job_running > CONFIRMATIONS {
+                if instance.idle_while_job_running > CONFIRMATIONS
+                    && instance.idle_while_job_running_ms >= TAKEN_BY_OTHER_AFTER_MS
+                {
                     return Some(Reason::TakenByOther);
                 }
                 if over(deadlines.pickup) {

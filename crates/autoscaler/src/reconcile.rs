@@ -48,7 +48,8 @@ struct Memory {
     job_absent: HashMap<String, u32>,
     backend_missing: HashMap<String, u32>,
     runner_gone: HashMap<String, u32>,
-    idle_while_running: HashMap<String, u32>,
+    /// Instance -> (ticks in a row, since when) its runner was idle while its job ran.
+    idle_while_running: HashMap<String, (u32, u64)>,
     orphan_instances: HashMap<(String, String), (u64, u32)>,
     orphan_runners: HashMap<(ApiScope, i64), (u64, u32)>,
     unmatched_reported: HashSet<i64>,
@@ -377,12 +378,16 @@ impl Reconciler {
             },
         };
 
-        let idle_while_job_running = if job_obs == JobObs::Running && runner == RunnerObs::Idle {
-            bump(&mut m.idle_while_running, &record.id)
-        } else {
-            m.idle_while_running.remove(&record.id);
-            0
-        };
+        let (idle_while_job_running, idle_while_job_running_ms) =
+            if job_obs == JobObs::Running && runner == RunnerObs::Idle {
+                let now = now_ms();
+                let entry = m.idle_while_running.entry(record.id.clone()).or_insert((0, now));
+                entry.0 += 1;
+                (entry.0, now.saturating_sub(entry.1))
+            } else {
+                m.idle_while_running.remove(&record.id);
+                (0, 0)
+            };
 
         InstanceView {
             id: record.id.clone(),
@@ -397,6 +402,7 @@ impl Reconciler {
             runner,
             job_obs,
             idle_while_job_running,
+            idle_while_job_running_ms,
             in_flight,
         }
     }

@@ -42,6 +42,7 @@ fn instance(id: &str, job_id: Option<i64>, state: InstanceState) -> InstanceView
         runner: RunnerObs::NotTracked,
         job_obs: JobObs::Waiting,
         idle_while_job_running: 0,
+        idle_while_job_running_ms: 0,
         in_flight: false,
     }
 }
@@ -196,9 +197,14 @@ fn job_taken_by_another_runner_releases_ours_after_confirmation() {
     i.job_obs = JobObs::Running;
     i.runner = RunnerObs::Idle;
     i.idle_while_job_running = 2;
+    i.idle_while_job_running_ms = 40_000;
     let o = observed(Strategy::Ephemeral, vec![], vec![i.clone()]);
     assert!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).is_empty());
     i.idle_while_job_running = 3;
+    i.idle_while_job_running_ms = 20_000;
+    let o = observed(Strategy::Ephemeral, vec![], vec![i.clone()]);
+    assert!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).is_empty(), "idle between heartbeats is not taken");
+    i.idle_while_job_running_ms = 31_000;
     let o = observed(Strategy::Ephemeral, vec![], vec![i]);
     assert_eq!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![("a".into(), Reason::TakenByOther)]);
 }
@@ -330,6 +336,7 @@ fn arb_observed() -> impl Gen<Value = Observed> {
             runner,
             job_obs,
             idle_while_job_running: idle,
+            idle_while_job_running_ms: idle as u64 * 15_000,
             in_flight,
         });
     (

@@ -88,6 +88,7 @@ pub fn parse(payload: &[u8]) -> Result<JobSpec, String> {
         .get("strategy")
         .and_then(|s| s.get("matrix"))
         .map(yaml_to_json)
+        .map(single_combination)
         .unwrap_or(Value::Null);
     Ok(JobSpec {
         job_id,
@@ -157,6 +158,22 @@ fn yaml_to_json(v: &Yaml) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// Forgejo sends a job's matrix combination as one-element lists (`{python: ["3.10"]}`), as its
+/// jobparser writes them; like forgejo-runner, a job sees each dimension's single value.
+fn single_combination(matrix: Value) -> Value {
+    match matrix {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| match value {
+                    Value::Array(mut items) if items.len() == 1 => (key, items.remove(0)),
+                    other => (key, other),
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +228,8 @@ jobs:
         );
         assert_eq!(job.default_shell.as_deref(), Some("bash"));
         assert_eq!(job.matrix["os"], "trixie");
+        let listed = "on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        python: [\"3.10\"]\n    steps:\n      - run: echo\n";
+        assert_eq!(parse(listed.as_bytes()).unwrap().matrix["python"], "3.10");
         assert_eq!(
             job.outputs,
             vec![("out".into(), "${{ steps.s1.outputs.value }}".into())]
