@@ -259,11 +259,12 @@ async fn off_loopback_the_status_needs_the_token_and_shows_no_secret() {
     );
     assert!(text.contains("Nothing below is observed live"), "{text}");
     assert!(
-        text.contains("Forgejo auto at http://127.0.0.1:") && text.contains(": not observed"),
+        text.contains("Forgejo at http://127.0.0.1:")
+            && text.contains("(version setting auto): not observed"),
         "{text}"
     );
     assert!(
-        text.contains("Runners: 0 of 3") && text.contains("6 removed so far"),
+        text.contains("Runners: 0 of 3 (0 busy, 0 deleting, 0 idle, 0 starting); jobs not observed (the store does not record them); 6 removed so far"),
         "{text}"
     );
     assert_eq!(

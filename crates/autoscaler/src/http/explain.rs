@@ -254,6 +254,7 @@ mod tests {
             runner: RunnerObs::Active,
             job_obs: JobObs::Running,
             idle_while_job_running: 0,
+            idle_while_job_running_ms: 0,
             in_flight: false,
         }
     }

@@ -94,21 +94,34 @@ pub fn format_status(status: &Status) -> String {
         .last_tick_age_s
         .map(|s| format!(", last tick {} ago", age(s)))
         .unwrap_or_default();
-    let _ = writeln!(out, "Forgejo {} at {}: {reach}{tick}", f.version, f.url);
+    if status.source == "store" {
+        let _ = writeln!(
+            out,
+            "Forgejo at {} (version setting {}): {reach}",
+            f.url, f.version
+        );
+    } else {
+        let _ = writeln!(out, "Forgejo {} at {}: {reach}{tick}", f.version, f.url);
+    }
     for e in &status.errors {
         let _ = writeln!(out, "  error: {e}");
     }
     let t = &status.totals;
     let states: Vec<String> = t.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let jobs = if status.source == "store" {
+        "jobs not observed (the store does not record them)".to_string()
+    } else {
+        format!(
+            "{} jobs waiting, {} blocked by a cap, {} fit no pool",
+            t.waiting_jobs, t.blocked_by_cap, t.unmatched_jobs
+        )
+    };
     let _ = writeln!(
         out,
-        "Runners: {} of {} ({}); {} jobs waiting, {} blocked by a cap, {} fit no pool; {} removed so far",
+        "Runners: {} of {} ({}); {jobs}; {} removed so far",
         t.instances,
         t.cap,
         states.join(", "),
-        t.waiting_jobs,
-        t.blocked_by_cap,
-        t.unmatched_jobs,
         t.removed
     );
 
