@@ -36,6 +36,9 @@ struct Cli {
     /// Do not regenerate BENCHMARKS.md and the plots.
     #[arg(long)]
     no_markdown: bool,
+    /// Run nothing: regenerate the plot of SCENARIO and BENCHMARKS.md from target/bench/*.json.
+    #[arg(long)]
+    render_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cli_render_only = cli.render_only;
     let Some(mut scenario) = Scenario::named(&cli.scenario) else {
         anyhow::bail!("unknown scenario {}", cli.scenario)
     };
@@ -87,7 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !binaries::release_profile() {
         eprintln!("bench: warning: built without optimizations; use cargo run --release -p bench for real numbers");
     }
-    let binaries = binaries::Binaries::locate(!cli.no_build)?;
+    let binaries = binaries::Binaries::locate(!cli.no_build && !cli.render_only)?;
     let target = binaries::target_dir()?;
     let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let work = tempfile::Builder::new()
@@ -104,6 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command: format!("cargo run --release -p bench -- {}", args.join(" ")),
         reduced: (!reduced.is_empty()).then(|| reduced.join("; ")),
     };
+    if cli_render_only {
+        let report = report::ScenarioReport::read_json(
+            &options
+                .json_dir
+                .join(format!("{}.json", options.scenario.name)),
+        )?;
+        return write_markdown(&report, &repo_root, &target);
+    }
     let report = bench::run_scenario(&options).await?;
     println!("\nscenario {}: {}\n", report.scenario, report.description);
     print!("{}", report::table(&report));
@@ -117,16 +129,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .display()
     );
     if !cli.no_markdown && report.scenario != "smoke" {
-        let svg = repo_root
-            .join(markdown::PLOTS_DIR)
-            .join(format!("{}-wait.svg", report.scenario));
-        if plot::write_wait_svg(&report, &svg)? {
-            println!("wrote {}", svg.display());
-        }
-        let notes = std::fs::read_to_string(repo_root.join("crates/bench/NOTES.md")).ok();
-        let text = markdown::render(&target.join("bench"), notes.as_deref())?;
-        std::fs::write(repo_root.join("BENCHMARKS.md"), text)?;
-        println!("wrote {}", repo_root.join("BENCHMARKS.md").display());
+        write_markdown(&report, &repo_root, &target)?;
     }
+    Ok(())
+}
+
+/// The scenario's plot and the whole BENCHMARKS.md.
+fn write_markdown(
+    report: &report::ScenarioReport,
+    repo_root: &std::path::Path,
+    target: &std::path::Path,
+) -> anyhow::Result<()> {
+    let svg = repo_root
+        .join(markdown::PLOTS_DIR)
+        .join(format!("{}-wait.svg", report.scenario));
+    if plot::write_wait_svg(report, &svg)? {
+        println!("wrote {}", svg.display());
+    }
+    let notes = std::fs::read_to_string(repo_root.join("crates/bench/NOTES.md")).ok();
+    let text = markdown::render(&target.join("bench"), notes.as_deref())?;
+    std::fs::write(repo_root.join("BENCHMARKS.md"), text)?;
+    println!("wrote {}", repo_root.join("BENCHMARKS.md").display());
     Ok(())
 }

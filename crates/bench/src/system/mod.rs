@@ -44,9 +44,9 @@ impl SystemKind {
     /// Why the system cannot run in this build, if it cannot.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            SystemKind::AutoscalerDocker => {
-                Some("not available in this build (the autoscaler has no docker backend yet)")
-            }
+            SystemKind::AutoscalerDocker => Some(
+                "not available in this build (the harness does not drive the docker backend yet)",
+            ),
             _ => None,
         }
     }
