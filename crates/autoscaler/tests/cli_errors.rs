@@ -81,8 +81,11 @@ fn located_error(stderr: &str, file: &Path) -> Option<(usize, usize, String)> {
 
 /// Names of everything in `dir` (to prove a command created nothing there).
 fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -90,7 +93,11 @@ fn entries(dir: &Path) -> Vec<String> {
 #[test]
 fn each_broken_file_is_refused_with_its_own_located_message_and_exit_2() {
     let files = broken_files();
-    assert!(files.len() >= 10, "the issue asks for ten broken files, found {}", files.len());
+    assert!(
+        files.len() >= 10,
+        "the issue asks for ten broken files, found {}",
+        files.len()
+    );
     let mut messages: BTreeMap<String, String> = BTreeMap::new();
     for original in files {
         let name = original.file_name().unwrap().to_string_lossy().into_owned();
@@ -100,20 +107,38 @@ fn each_broken_file_is_refused_with_its_own_located_message_and_exit_2() {
         let file = dir.path().join(&name);
         std::fs::copy(&original, &file).unwrap();
 
-        let validate = run_in(dir.path(), &["validate", "-c", file.to_str().unwrap()], Duration::from_secs(20));
+        let validate = run_in(
+            dir.path(),
+            &["validate", "-c", file.to_str().unwrap()],
+            Duration::from_secs(20),
+        );
         let stderr = text(&validate.stderr);
         assert_eq!(validate.status.code(), Some(2), "validate {name}: {stderr}");
         let Some((line, col, message)) = located_error(&stderr, &file) else {
             panic!("validate {name}: no `FILE:LINE:COL: message` line on stderr: {stderr:?}");
         };
-        assert!(line >= 1 && col >= 1, "validate {name}: position {line}:{col}");
-        assert!(message.len() >= 20, "validate {name}: message too short to be clear: {message:?}");
-        assert!(validate.stdout.is_empty(), "validate {name} printed on stdout: {}", text(&validate.stdout));
+        assert!(
+            line >= 1 && col >= 1,
+            "validate {name}: position {line}:{col}"
+        );
+        assert!(
+            message.len() >= 20,
+            "validate {name}: message too short to be clear: {message:?}"
+        );
+        assert!(
+            validate.stdout.is_empty(),
+            "validate {name} printed on stdout: {}",
+            text(&validate.stdout)
+        );
         if let Some(other) = messages.insert(message.clone(), name.clone()) {
             panic!("{name} and {other} share the message {message:?}");
         }
 
-        let run = run_in(dir.path(), &["run", "-c", file.to_str().unwrap()], Duration::from_secs(20));
+        let run = run_in(
+            dir.path(),
+            &["run", "-c", file.to_str().unwrap()],
+            Duration::from_secs(20),
+        );
         let run_stderr = text(&run.stderr);
         assert_eq!(run.status.code(), Some(2), "run {name}: {run_stderr}");
         assert_eq!(
@@ -121,7 +146,11 @@ fn each_broken_file_is_refused_with_its_own_located_message_and_exit_2() {
             Some((line, col, message)),
             "run {name} must report the same mistake: {run_stderr}"
         );
-        assert_eq!(entries(dir.path()), vec![name.clone()], "run {name} created files (a store or a state dir)");
+        assert_eq!(
+            entries(dir.path()),
+            vec![name.clone()],
+            "run {name} created files (a store or a state dir)"
+        );
     }
 }
 
@@ -131,38 +160,86 @@ fn usage_errors_exit_2_and_help_and_version_exit_0() {
     let limit = Duration::from_secs(20);
 
     let unknown_command = run_in(dir.path(), &["frobnicate"], limit);
-    assert_eq!(unknown_command.status.code(), Some(2), "{}", text(&unknown_command.stderr));
-    assert!(text(&unknown_command.stderr).contains("frobnicate"), "{}", text(&unknown_command.stderr));
+    assert_eq!(
+        unknown_command.status.code(),
+        Some(2),
+        "{}",
+        text(&unknown_command.stderr)
+    );
+    assert!(
+        text(&unknown_command.stderr).contains("frobnicate"),
+        "{}",
+        text(&unknown_command.stderr)
+    );
 
-    let unknown_flag = run_in(dir.path(), &["validate", "--frobnicate", "-c", "x.toml"], limit);
-    assert_eq!(unknown_flag.status.code(), Some(2), "{}", text(&unknown_flag.stderr));
-    assert!(text(&unknown_flag.stderr).contains("--frobnicate"), "{}", text(&unknown_flag.stderr));
+    let unknown_flag = run_in(
+        dir.path(),
+        &["validate", "--frobnicate", "-c", "x.toml"],
+        limit,
+    );
+    assert_eq!(
+        unknown_flag.status.code(),
+        Some(2),
+        "{}",
+        text(&unknown_flag.stderr)
+    );
+    assert!(
+        text(&unknown_flag.stderr).contains("--frobnicate"),
+        "{}",
+        text(&unknown_flag.stderr)
+    );
 
     let version = run_in(dir.path(), &["--version"], limit);
     assert_eq!(version.status.code(), Some(0), "{}", text(&version.stderr));
-    assert!(text(&version.stdout).contains(env!("CARGO_PKG_VERSION")), "{}", text(&version.stdout));
+    assert!(
+        text(&version.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&version.stdout)
+    );
 
     let help = run_in(dir.path(), &["--help"], limit);
     assert_eq!(help.status.code(), Some(0), "{}", text(&help.stderr));
     for command in ["run", "validate", "plan", "cleanup", "demo"] {
-        assert!(text(&help.stdout).contains(command), "--help does not list {command}: {}", text(&help.stdout));
+        assert!(
+            text(&help.stdout).contains(command),
+            "--help does not list {command}: {}",
+            text(&help.stdout)
+        );
     }
 
     let run_help = run_in(dir.path(), &["run", "--help"], limit);
     assert_eq!(run_help.status.code(), Some(0));
-    assert!(text(&run_help.stdout).contains("--password-file"), "{}", text(&run_help.stdout));
+    assert!(
+        text(&run_help.stdout).contains("--password-file"),
+        "{}",
+        text(&run_help.stdout)
+    );
 
     let bare_run = run_in(dir.path(), &["run"], limit);
     let stderr = text(&bare_run.stderr);
     assert_eq!(bare_run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("-c") && stderr.contains("--url"), "run without a source must say what to give: {stderr}");
+    assert!(
+        stderr.contains("-c") && stderr.contains("--url"),
+        "run without a source must say what to give: {stderr}"
+    );
 
-    let missing_config = run_in(dir.path(), &["validate", "-c", "does-not-exist.toml"], limit);
+    let missing_config = run_in(
+        dir.path(),
+        &["validate", "-c", "does-not-exist.toml"],
+        limit,
+    );
     let stderr = text(&missing_config.stderr);
     assert_eq!(missing_config.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("does-not-exist.toml"), "the message must name the file: {stderr}");
+    assert!(
+        stderr.contains("does-not-exist.toml"),
+        "the message must name the file: {stderr}"
+    );
 
-    assert!(entries(dir.path()).is_empty(), "usage errors created files: {:?}", entries(dir.path()));
+    assert!(
+        entries(dir.path()).is_empty(),
+        "usage errors created files: {:?}",
+        entries(dir.path())
+    );
 }
 
 #[test]
@@ -171,26 +248,64 @@ fn a_missing_password_file_exits_2_and_names_the_file() {
     let missing = dir.path().join("no-such-password");
     let output = run_in(
         dir.path(),
-        &["run", "--url", "http://127.0.0.1:9", "--user", "root", "--password-file", missing.to_str().unwrap()],
+        &[
+            "run",
+            "--url",
+            "http://127.0.0.1:9",
+            "--user",
+            "root",
+            "--password-file",
+            missing.to_str().unwrap(),
+        ],
         Duration::from_secs(20),
     );
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&missing.display().to_string()), "the message must name the file: {stderr}");
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "the message must name the file: {stderr}"
+    );
 
     let empty = dir.path().join("empty-password");
     std::fs::write(&empty, "\n").unwrap();
     let output = run_in(
         dir.path(),
-        &["run", "--url", "http://127.0.0.1:9", "--user", "root", "--password-file", empty.to_str().unwrap()],
+        &[
+            "run",
+            "--url",
+            "http://127.0.0.1:9",
+            "--user",
+            "root",
+            "--password-file",
+            empty.to_str().unwrap(),
+        ],
         Duration::from_secs(20),
     );
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("empty"), "an empty password file must be called empty: {stderr}");
+    assert!(
+        stderr.contains("empty"),
+        "an empty password file must be called empty: {stderr}"
+    );
 
-    let no_value = run_in(dir.path(), &["run", "--url", "http://127.0.0.1:9", "--user", "root", "--password-file"], Duration::from_secs(20));
-    assert_eq!(no_value.status.code(), Some(2), "{}", text(&no_value.stderr));
+    let no_value = run_in(
+        dir.path(),
+        &[
+            "run",
+            "--url",
+            "http://127.0.0.1:9",
+            "--user",
+            "root",
+            "--password-file",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        no_value.status.code(),
+        Some(2),
+        "{}",
+        text(&no_value.stderr)
+    );
 }
 
 /// Command lines of the processes working under `dir` (the daemon and its runners), to look
@@ -241,7 +356,11 @@ async fn seed_mode_never_shows_the_password() {
     let mut seen_in_argv = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
-        seen_in_argv.extend(cmdlines_under(env.path()).into_iter().filter(|c| c.contains(password)));
+        seen_in_argv.extend(
+            cmdlines_under(env.path())
+                .into_iter()
+                .filter(|c| c.contains(password)),
+        );
         if let Ok(Some(status)) = daemon.try_wait() {
             break Some(status);
         }
@@ -251,32 +370,64 @@ async fn seed_mode_never_shows_the_password() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let logs = env.logs();
-    assert!(status.is_some_and(|s| s.success()), "seed run: {status:?}\n{logs}");
-    assert!(seen_in_argv.is_empty(), "the password is in argv: {seen_in_argv:?}");
-    assert!(!logs.contains(password), "the password is in the output:\n{logs}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "seed run: {status:?}\n{logs}"
+    );
+    assert!(
+        seen_in_argv.is_empty(),
+        "the password is in argv: {seen_in_argv:?}"
+    );
+    assert!(
+        !logs.contains(password),
+        "the password is in the output:\n{logs}"
+    );
     let job = env.job_named("first-job").await;
     assert_eq!(job.status, "success", "{job:?}\n{logs}");
     for entry in walk(&state_dir) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&bytes).contains(password), "{} holds the password", entry.display());
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(password),
+            "{} holds the password",
+            entry.display()
+        );
     }
 
     let wrong = env.path().join("wrong-password");
     std::fs::write(&wrong, "not-the-password-7f3a\n").unwrap();
     let output = run_in(
         env.path(),
-        &["run", "--url", url.as_str(), "--user", "root", "--password-file", wrong.to_str().unwrap(), "--state-dir", state_dir.to_str().unwrap()],
+        &[
+            "run",
+            "--url",
+            url.as_str(),
+            "--user",
+            "root",
+            "--password-file",
+            wrong.to_str().unwrap(),
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+        ],
         Duration::from_secs(60),
     );
     let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
-    assert_eq!(output.status.code(), Some(1), "a refused password is a runtime failure: {all}");
-    assert!(!all.contains("not-the-password-7f3a"), "the wrong password is echoed: {all}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a refused password is a runtime failure: {all}"
+    );
+    assert!(
+        !all.contains("not-the-password-7f3a"),
+        "the wrong password is echoed: {all}"
+    );
 }
 
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {

@@ -62,7 +62,9 @@ impl Env {
 
     /// Every instance record (empty when there is no store yet).
     pub fn store_instances(&self) -> Vec<StoreInstance> {
-        let Some(conn) = self.store_connection() else { return Vec::new() };
+        let Some(conn) = self.store_connection() else {
+            return Vec::new();
+        };
         let mut statement = conn
             .prepare(
                 "SELECT id, state, job_id, job_handle, runner_id, runner_name, created_ms, state_since_ms,
@@ -91,11 +93,21 @@ impl Env {
 
     /// Every recorded event, oldest first.
     pub fn store_events(&self) -> Vec<StoreEvent> {
-        let Some(conn) = self.store_connection() else { return Vec::new() };
-        let mut statement =
-            conn.prepare("SELECT ts_ms, instance_id, kind, detail FROM events ORDER BY id").expect("events table");
+        let Some(conn) = self.store_connection() else {
+            return Vec::new();
+        };
+        let mut statement = conn
+            .prepare("SELECT ts_ms, instance_id, kind, detail FROM events ORDER BY id")
+            .expect("events table");
         statement
-            .query_map([], |r| Ok(StoreEvent { ts_ms: r.get(0)?, instance_id: r.get(1)?, kind: r.get(2)?, detail: r.get(3)? }))
+            .query_map([], |r| {
+                Ok(StoreEvent {
+                    ts_ms: r.get(0)?,
+                    instance_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
             .expect("events query")
             .collect::<Result<_, _>>()
             .expect("event rows")
@@ -103,11 +115,20 @@ impl Env {
 
     /// Forgejo 13/14 identities the store keeps, and which instance holds each.
     pub fn store_identities(&self) -> Vec<StoreIdentity> {
-        let Some(conn) = self.store_connection() else { return Vec::new() };
-        let mut statement =
-            conn.prepare("SELECT runner_id, name, instance_id FROM identities ORDER BY runner_id").expect("identities table");
+        let Some(conn) = self.store_connection() else {
+            return Vec::new();
+        };
+        let mut statement = conn
+            .prepare("SELECT runner_id, name, instance_id FROM identities ORDER BY runner_id")
+            .expect("identities table");
         statement
-            .query_map([], |r| Ok(StoreIdentity { runner_id: r.get(0)?, name: r.get(1)?, instance_id: r.get(2)? }))
+            .query_map([], |r| {
+                Ok(StoreIdentity {
+                    runner_id: r.get(0)?,
+                    name: r.get(1)?,
+                    instance_id: r.get(2)?,
+                })
+            })
             .expect("identities query")
             .collect::<Result<_, _>>()
             .expect("identity rows")
@@ -125,29 +146,50 @@ impl Env {
     /// that is slow to start (an image pull, a VM boot).
     pub fn slow_runner(&self, delay: Duration) -> PathBuf {
         let path = self.path().join("slow-runner.sh");
-        let script = format!("#!/bin/sh\nsleep {}\nexec {:?} \"$@\"\n", delay.as_secs_f64(), self.runner.display().to_string());
+        let script = format!(
+            "#!/bin/sh\nsleep {}\nexec {:?} \"$@\"\n",
+            delay.as_secs_f64(),
+            self.runner.display().to_string()
+        );
         std::fs::write(&path, script).expect("wrapper written");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("wrapper executable");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("wrapper executable");
         path
     }
 
     /// Adds fault rules to the simulator (`POST /_sim/faults`, body `{"rules": [...]}`).
     pub async fn add_faults(&self, rules: serde_json::Value) {
-        let response = self.sim_post("/faults", serde_json::json!({ "rules": rules })).await;
-        assert!(response.status().is_success(), "faults accepted: {}", response.status());
+        let response = self
+            .sim_post("/faults", serde_json::json!({ "rules": rules }))
+            .await;
+        assert!(
+            response.status().is_success(),
+            "faults accepted: {}",
+            response.status()
+        );
     }
 
     /// Removes every fault rule.
     pub async fn clear_faults(&self) {
         let response = self.sim_delete("/faults").await;
-        assert!(response.status().is_success(), "faults cleared: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "faults cleared: {}",
+            response.status()
+        );
     }
 
     /// Cancels a job through the control API (like a user pressing "cancel").
     pub async fn cancel_job(&self, job_id: i64) {
-        let response = self.sim_post(&format!("/jobs/{job_id}/cancel"), serde_json::json!({})).await;
-        assert!(response.status().is_success(), "job {job_id} cancelled: {}", response.status());
+        let response = self
+            .sim_post(&format!("/jobs/{job_id}/cancel"), serde_json::json!({}))
+            .await;
+        assert!(
+            response.status().is_success(),
+            "job {job_id} cancelled: {}",
+            response.status()
+        );
     }
 }
 
@@ -156,7 +198,13 @@ pub fn use_runner_binary(config: &Path, binary: &Path) {
     let text = std::fs::read_to_string(config).expect("config readable");
     let replaced: Vec<String> = text
         .lines()
-        .map(|line| if line.starts_with("binary = ") { format!("binary = {:?}", binary.display().to_string()) } else { line.to_string() })
+        .map(|line| {
+            if line.starts_with("binary = ") {
+                format!("binary = {:?}", binary.display().to_string())
+            } else {
+                line.to_string()
+            }
+        })
         .collect();
     std::fs::write(config, replaced.join("\n") + "\n").expect("config written");
 }
@@ -170,15 +218,24 @@ pub fn kill_hard(child: &mut Child) {
 /// Live processes whose command line contains `marker` (e.g. a job step's shell).
 pub fn processes_with_cmdline(marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
             pids.push(pid);
@@ -195,14 +252,22 @@ impl Env {
             if let Some(job) = self.sim_jobs().await.into_iter().find(|j| j.name == name) {
                 return job;
             }
-            assert!(std::time::Instant::now() < deadline, "no job named {name}: {:?}", self.sim_jobs().await);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job named {name}: {:?}",
+                self.sim_jobs().await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// The current state of job `id`.
     pub async fn job_by_id(&self, id: i64) -> super::SimJob {
-        self.sim_jobs().await.into_iter().find(|j| j.id == id).expect("job exists")
+        self.sim_jobs()
+            .await
+            .into_iter()
+            .find(|j| j.id == id)
+            .expect("job exists")
     }
 
     /// What is left behind right now, as readable problems (empty = nothing). `registration_cap`:
@@ -217,8 +282,12 @@ impl Env {
         if !processes.is_empty() {
             problems.push(format!("runner processes {processes:?}"));
         }
-        let live: Vec<String> =
-            self.store_instances().into_iter().filter(|i| i.state != "gone").map(|i| format!("{}={}", i.id, i.state)).collect();
+        let live: Vec<String> = self
+            .store_instances()
+            .into_iter()
+            .filter(|i| i.state != "gone")
+            .map(|i| format!("{}={}", i.id, i.state))
+            .collect();
         if !live.is_empty() {
             problems.push(format!("live instance records {live:?}"));
         }
@@ -230,14 +299,47 @@ impl Env {
             }
         } else {
             if registrations.len() > registration_cap {
-                problems.push(format!("{} registrations, cap {registration_cap}", registrations.len()));
+                problems.push(format!(
+                    "{} registrations, cap {registration_cap}",
+                    registrations.len()
+                ));
             }
-            let lent: Vec<String> =
-                self.store_identities().into_iter().filter_map(|i| i.instance_id.map(|x| format!("{}->{x}", i.name))).collect();
+            let lent: Vec<String> = self
+                .store_identities()
+                .into_iter()
+                .filter_map(|i| i.instance_id.map(|x| format!("{}->{x}", i.name)))
+                .collect();
             if !lent.is_empty() {
                 problems.push(format!("identities still lent {lent:?}"));
             }
         }
         problems
+    }
+}
+
+impl Env {
+    /// `commit_workflow` while faults are injected: an injected error status is answered
+    /// before the simulator handles the request, so trying again cannot commit twice.
+    pub async fn commit_workflow_despite_faults(&self, file: &str, yaml: &str) {
+        use base64::Engine;
+        let body = serde_json::json!({
+            "content": base64::engine::general_purpose::STANDARD.encode(yaml),
+            "message": format!("add {file}"),
+        });
+        let mut last = None;
+        for _ in 0..20 {
+            let response = self
+                .api_post(
+                    &format!("/repos/root/on-demand/contents/.forgejo/workflows/{file}"),
+                    body.clone(),
+                )
+                .await;
+            if response.status().is_success() {
+                return;
+            }
+            last = Some(response.status());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("commit {file} kept failing: {last:?}");
     }
 }
