@@ -758,6 +758,11 @@ async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiSco
 /// record stays `deleting` and the teardown deadline makes a later tick try again.
 pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, detail: Option<&str>) -> bool {
     let Ok(Some(record)) = rt.store.instance(id) else { return false };
+    // A tick that read the record while an earlier removal was finishing may ask again; the
+    // record is final then, and its reason (and the job count) must not be overwritten.
+    if record.state == InstanceState::Gone {
+        return false;
+    }
     let _ = rt.store.set_state(id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), detail);
     let grace = Duration::from_secs(10);
     let removal = match rt.backends.get(&record.backend) {
