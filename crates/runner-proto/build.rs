@@ -17,10 +17,15 @@ fn main() {
     }
     let mut compiler = protox::Compiler::new(["proto"]).expect("proto include path");
     compiler.include_imports(true);
-    compiler.open_files(PROTOS).unwrap_or_else(|e| panic!("invalid .proto file: {e}"));
+    compiler
+        .open_files(PROTOS)
+        .unwrap_or_else(|e| panic!("invalid .proto file: {e}"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    fs::write(out_dir.join("descriptors.bin"), compiler.encode_file_descriptor_set())
-        .expect("write descriptors");
+    fs::write(
+        out_dir.join("descriptors.bin"),
+        compiler.encode_file_descriptor_set(),
+    )
+    .expect("write descriptors");
 
     let mut config = prost_build::Config::new();
     for message in compiler.descriptor_pool().all_messages() {
@@ -30,8 +35,14 @@ fn main() {
         }
         config
             .type_attribute(name, "#[derive(::prost_reflect::ReflectMessage)]")
-            .type_attribute(name, format!(r#"#[prost_reflect(message_name = "{name}")]"#))
-            .type_attribute(name, r#"#[prost_reflect(descriptor_pool = "crate::DESCRIPTOR_POOL")]"#);
+            .type_attribute(
+                name,
+                format!(r#"#[prost_reflect(message_name = "{name}")]"#),
+            )
+            .type_attribute(
+                name,
+                r#"#[prost_reflect(descriptor_pool = "crate::DESCRIPTOR_POOL")]"#,
+            );
     }
     config
         .compile_fds(compiler.file_descriptor_set())

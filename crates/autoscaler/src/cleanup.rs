@@ -16,9 +16,21 @@ pub struct CleanupReport {
 
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "removed {} instance(s) from the store's records", self.instances_removed)?;
-        writeln!(f, "removed {} instance(s) found on the backend without a record", self.orphan_instances_removed)?;
-        writeln!(f, "deleted {} runner registration(s) in Forgejo", self.runners_deleted)?;
+        writeln!(
+            f,
+            "removed {} instance(s) from the store's records",
+            self.instances_removed
+        )?;
+        writeln!(
+            f,
+            "removed {} instance(s) found on the backend without a record",
+            self.orphan_instances_removed
+        )?;
+        writeln!(
+            f,
+            "deleted {} runner registration(s) in Forgejo",
+            self.runners_deleted
+        )?;
         if !self.identities_left.is_empty() {
             writeln!(
                 f,
@@ -51,7 +63,10 @@ pub async fn remove_everything(rt: &Runtime) -> anyhow::Result<CleanupReport> {
         match listed {
             Ok(list) => {
                 for instance in list {
-                    match backend.delete(&instance.id, std::time::Duration::from_secs(10)).await {
+                    match backend
+                        .delete(&instance.id, std::time::Duration::from_secs(10))
+                        .await
+                    {
                         Ok(_) => report.orphan_instances_removed += 1,
                         Err(e) => {
                             tracing::warn!(instance = %instance.id, error = %e, "cannot remove");
@@ -71,7 +86,10 @@ pub async fn remove_everything(rt: &Runtime) -> anyhow::Result<CleanupReport> {
         for scope in &rt.scopes {
             match rt.client.list_runners(scope).await {
                 Ok(runners) => {
-                    for runner in runners.into_iter().filter(|r| r.description.starts_with(&tag)) {
+                    for runner in runners
+                        .into_iter()
+                        .filter(|r| r.description.starts_with(&tag))
+                    {
                         match rt.client.delete_runner(scope, runner.id).await {
                             Ok(_) => report.runners_deleted += 1,
                             Err(e) => {

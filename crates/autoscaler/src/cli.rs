@@ -20,7 +20,11 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "forgejo-autoscaler", version, about = "One fresh Forgejo Actions runner per waiting job, nothing left behind.")]
+#[command(
+    name = "forgejo-autoscaler",
+    version,
+    about = "One fresh Forgejo Actions runner per waiting job, nothing left behind."
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -109,14 +113,26 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(EXIT_USAGE),
             };
         }
     };
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    init_logging(cli.log_format, cli.log_level.as_deref().unwrap_or(default_level));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(
+        cli.log_format,
+        cli.log_level.as_deref().unwrap_or(default_level),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -127,7 +143,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -197,7 +214,11 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 config.pools.len(),
                 if config.pools.len() == 1 { "" } else { "s" },
                 config.forgejo.scopes.len(),
-                if config.forgejo.scopes.len() == 1 { "" } else { "s" },
+                if config.forgejo.scopes.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 config.limits.max_runners
             );
             ExitCode::SUCCESS
@@ -224,11 +245,21 @@ async fn run_command(args: RunArgs) -> ExitCode {
             }
         },
         (None, None) => {
-            eprintln!("error: give a configuration file (-c FILE) or --url, --user and --password-file");
+            eprintln!(
+                "error: give a configuration file (-c FILE) or --url, --user and --password-file"
+            );
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match run_daemon(config, RunOptions { max_jobs: args.max_jobs }, shutdown_signal()).await {
+    match run_daemon(
+        config,
+        RunOptions {
+            max_jobs: args.max_jobs,
+        },
+        shutdown_signal(),
+    )
+    .await
+    {
         Ok(done) => {
             tracing::info!(jobs_done = done, "stopped");
             ExitCode::SUCCESS
@@ -277,8 +308,11 @@ enum SeedError {
 /// `run --url --user --password-file`: creates an API token with basic auth (as the seed
 /// does) and builds the seed's configuration: its label mapping, the process backend.
 async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
-    let (Some(url), Some(user), Some(password_file)) = (&args.url, &args.user, &args.password_file) else {
-        return Err(SeedError::Usage("--url needs --user and --password-file".into()));
+    let (Some(url), Some(user), Some(password_file)) = (&args.url, &args.user, &args.password_file)
+    else {
+        return Err(SeedError::Usage(
+            "--url needs --user and --password-file".into(),
+        ));
     };
     let password = read_secret_file(password_file).map_err(SeedError::Usage)?;
     let scope: ApiScope = args
@@ -287,7 +321,8 @@ async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
         .unwrap_or("user")
         .parse()
         .map_err(SeedError::Usage)?;
-    let state_dir = std::path::absolute(&args.state_dir).map_err(|e| SeedError::Runtime(e.into()))?;
+    let state_dir =
+        std::path::absolute(&args.state_dir).map_err(|e| SeedError::Runtime(e.into()))?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))
         .map_err(SeedError::Runtime)?;
@@ -300,10 +335,18 @@ async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
     })
     .map_err(SeedError::Runtime)?;
     let scopes: &[&str] = match scope {
-        ApiScope::Instance => &["write:admin", "write:repository", "write:organization", "write:user"],
+        ApiScope::Instance => &[
+            "write:admin",
+            "write:repository",
+            "write:organization",
+            "write:user",
+        ],
         _ => &["write:repository", "write:organization", "write:user"],
     };
-    let name = format!("forgejo-autoscaler-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "forgejo-autoscaler-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let token = client
         .create_access_token(user, &password, &name, scopes)
         .await
@@ -315,13 +358,20 @@ async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
         .map_err(SeedError::Runtime)?;
     let text = seed_config_text(url, &scope, &args.runner_binary, args.max_runners);
     let path = state_dir.join("autoscaler.toml");
-    std::fs::write(&path, &text).context("writing the seed configuration").map_err(SeedError::Runtime)?;
+    std::fs::write(&path, &text)
+        .context("writing the seed configuration")
+        .map_err(SeedError::Runtime)?;
     config::parse(&text, &path).map_err(|e| SeedError::Usage(e.to_string()))
 }
 
 /// The seed's label mapping, as a configuration file (written beside the store, so an admin can
 /// start from it).
-pub fn seed_config_text(url: &str, scope: &ApiScope, runner_binary: &std::path::Path, max_runners: u32) -> String {
+pub fn seed_config_text(
+    url: &str,
+    scope: &ApiScope,
+    runner_binary: &std::path::Path,
+    max_runners: u32,
+) -> String {
     let binary = std::path::absolute(runner_binary)
         .ok()
         .filter(|_| runner_binary.components().count() > 1)
@@ -360,10 +410,14 @@ max_runners = {max_runners}
 
 /// Reads a one-line secret file; the error never contains the value.
 pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value = text.trim_end_matches(['\n', '\r']).to_string();
     if value.is_empty() {
-        return Err(format!("{} is empty; put the password on its first line", path.display()));
+        return Err(format!(
+            "{} is empty; put the password on its first line",
+            path.display()
+        ));
     }
     Ok(Secret::new(value))
 }
@@ -372,22 +426,42 @@ async fn plan_command(config: Config) -> anyhow::Result<()> {
     let rt = Arc::new(Runtime::start(config).await?);
     let mut reconciler = Reconciler::new(rt.clone());
     let (observed, errors) = reconciler.observe(false, None).await;
-    let plan = crate::plan::plan(&observed, &rt.pools, crate::plan::Limits { max_runners: rt.config.limits.max_runners });
-    println!("Forgejo {} at {} (strategy: {:?})", rt.version, rt.config.forgejo.url, rt.strategy);
+    let plan = crate::plan::plan(
+        &observed,
+        &rt.pools,
+        crate::plan::Limits {
+            max_runners: rt.config.limits.max_runners,
+        },
+    );
+    println!(
+        "Forgejo {} at {} (strategy: {:?})",
+        rt.version, rt.config.forgejo.url, rt.strategy
+    );
     for error in &errors {
         println!("  could not observe: {error}");
     }
     for scope_jobs in &observed.jobs {
         match &scope_jobs.jobs {
             Some(jobs) => {
-                let waiting = jobs.iter().filter(|j| j.status == crate::forgejo::JobStatus::Waiting).count();
-                println!("  {}: {} waiting, {} running", scope_jobs.scope, waiting, jobs.len() - waiting);
+                let waiting = jobs
+                    .iter()
+                    .filter(|j| j.status == crate::forgejo::JobStatus::Waiting)
+                    .count();
+                println!(
+                    "  {}: {} waiting, {} running",
+                    scope_jobs.scope,
+                    waiting,
+                    jobs.len() - waiting
+                );
             }
             None => println!("  {}: jobs could not be listed", scope_jobs.scope),
         }
     }
     for (pool, usage) in &plan.pools {
-        println!("  pool {pool}: {}/{} instances, {} waiting jobs fit", usage.used, usage.cap, usage.waiting_jobs);
+        println!(
+            "  pool {pool}: {}/{} instances, {} waiting jobs fit",
+            usage.used, usage.cap, usage.waiting_jobs
+        );
     }
     if plan.actions.is_empty() {
         println!("Nothing to do.");
@@ -405,7 +479,10 @@ async fn plan_command(config: Config) -> anyhow::Result<()> {
         }
     }
     for unmatched in &plan.unmatched {
-        println!("no pool fits: job {} {:?} needs {:?}", unmatched.job_id, unmatched.name, unmatched.runs_on);
+        println!(
+            "no pool fits: job {} {:?} needs {:?}",
+            unmatched.job_id, unmatched.name, unmatched.runs_on
+        );
     }
     Ok(())
 }
@@ -415,7 +492,10 @@ async fn cleanup_command(config: Config) -> anyhow::Result<()> {
     let report = crate::cleanup::remove_everything(&rt).await?;
     println!("{report}");
     if report.failures > 0 {
-        anyhow::bail!("{} item(s) could not be removed; run cleanup again", report.failures);
+        anyhow::bail!(
+            "{} item(s) could not be removed; run cleanup again",
+            report.failures
+        );
     }
     Ok(())
 }

@@ -127,14 +127,19 @@ impl Drop for WorkDir {
 }
 
 fn work_dir(keep: bool) -> anyhow::Result<WorkDir> {
-    let path = std::env::temp_dir().join(format!("forgejo-autoscaler-demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let path = std::env::temp_dir().join(format!(
+        "forgejo-autoscaler-demo-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
     std::fs::create_dir_all(&path)?;
     Ok(WorkDir { path, keep })
 }
 
 async fn simulated(args: &DemoArgs) -> Result<bool, DemoError> {
-    let version: forgejo_sim::ForgejoVersion =
-        args.forgejo_version.parse().map_err(|e| DemoError::Usage(format!("--forgejo-version: {e:?}")))?;
+    let version: forgejo_sim::ForgejoVersion = args
+        .forgejo_version
+        .parse()
+        .map_err(|e| DemoError::Usage(format!("--forgejo-version: {e:?}")))?;
     let sim = forgejo_sim::SimServer::start(
         "127.0.0.1:0".parse().expect("literal address"),
         forgejo_sim::SimConfig {
@@ -147,7 +152,10 @@ async fn simulated(args: &DemoArgs) -> Result<bool, DemoError> {
     .await
     .context("starting the Forgejo simulator")?;
     let url = sim.url();
-    println!("Forgejo {} simulator listening on {url}", args.forgejo_version);
+    println!(
+        "Forgejo {} simulator listening on {url}",
+        args.forgejo_version
+    );
     let work = work_dir(args.keep)?;
     let result = simulated_in(args, &url, &work.path).await;
     sim.shutdown().await;
@@ -157,18 +165,29 @@ async fn simulated(args: &DemoArgs) -> Result<bool, DemoError> {
 async fn simulated_in(args: &DemoArgs, url: &str, work: &Path) -> anyhow::Result<bool> {
     let anonymous = client(url, None)?;
     let token = anonymous
-        .create_access_token("root", &Secret::new("admin1234"), "autoscaler-demo", &["write:repository", "write:user", "write:organization"])
+        .create_access_token(
+            "root",
+            &Secret::new("admin1234"),
+            "autoscaler-demo",
+            &["write:repository", "write:user", "write:organization"],
+        )
         .await?;
     let api = anonymous.with_token(token.clone());
     create_repo(&api).await?;
     // One commit: every push runs every push-triggered workflow, so a second commit would run
     // the seed jobs again.
-    commit_file(&api, ".forgejo/workflows/demo.yml", &demo_workflow(args.jobs)).await?;
+    commit_file(
+        &api,
+        ".forgejo/workflows/demo.yml",
+        &demo_workflow(args.jobs),
+    )
+    .await?;
     let total = args.jobs as u64 + 2;
     println!("committed the seed workflow (first-job on trixie, second-job on [bookworm, test]) and a burst of {} jobs", args.jobs);
 
     let runner = work.join("fake-forgejo-runner");
-    std::os::unix::fs::symlink(std::env::current_exe()?, &runner).context("linking the runner stand-in")?;
+    std::os::unix::fs::symlink(std::env::current_exe()?, &runner)
+        .context("linking the runner stand-in")?;
     crate::secret::write_private_file(&work.join("token"), token.expose().as_bytes())?;
     let text = demo_config(url, &runner, args.max_runners, "1s");
     let config_path = work.join("autoscaler.toml");
@@ -184,7 +203,9 @@ async fn simulated_in(args: &DemoArgs, url: &str, work: &Path) -> anyhow::Result
         let mut last = String::new();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let Ok(stats) = sim_stats(&http, &sim_url).await else { continue };
+            let Ok(stats) = sim_stats(&http, &sim_url).await else {
+                continue;
+            };
             let j = &stats.jobs;
             let done = j.success + j.failure + j.cancelled + j.skipped;
             let line = format!(
@@ -251,17 +272,38 @@ struct SimJob {
 }
 
 async fn sim_stats(http: &reqwest::Client, url: &str) -> anyhow::Result<SimStats> {
-    Ok(http.get(format!("{url}/_sim/stats")).send().await?.error_for_status()?.json().await?)
+    Ok(http
+        .get(format!("{url}/_sim/stats"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
-async fn summarize(url: &str, store_path: &Path, work: &Path, total: u64, elapsed: Duration) -> anyhow::Result<bool> {
+async fn summarize(
+    url: &str,
+    store_path: &Path,
+    work: &Path,
+    total: u64,
+    elapsed: Duration,
+) -> anyhow::Result<bool> {
     let http = reqwest::Client::new();
-    let jobs: Vec<SimJob> = http.get(format!("{url}/_sim/jobs")).send().await?.error_for_status()?.json().await?;
+    let jobs: Vec<SimJob> = http
+        .get(format!("{url}/_sim/jobs"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let stats = sim_stats(&http, url).await?;
     let succeeded = jobs.iter().filter(|j| j.status == "success").count() as u64;
     let mut waits: Vec<f64> = jobs
         .iter()
-        .filter_map(|j| j.started.map(|s| s.saturating_sub(j.created) as f64 / 1000.0))
+        .filter_map(|j| {
+            j.started
+                .map(|s| s.saturating_sub(j.created) as f64 / 1000.0)
+        })
         .collect();
     waits.sort_by(|a, b| a.total_cmp(b));
     let store = crate::store::Store::open(store_path)?;
@@ -269,7 +311,9 @@ async fn summarize(url: &str, store_path: &Path, work: &Path, total: u64, elapse
     let live = store.live_instances()?.len() as u64;
     let removed: u64 = store.gone_by_reason()?.iter().map(|(_, n)| n).sum();
     let reasons = store.gone_by_reason()?;
-    let backend_left = std::fs::read_dir(work.join("state/instances")).map(|d| d.count() as u64).unwrap_or(0);
+    let backend_left = std::fs::read_dir(work.join("state/instances"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
     let identities = store.all_identities()?.len() as u64;
     // 15: every runner registration we made must be deleted; 13/14: the registrations that
     // exist are the reusable identities (bounded by the cap), anything beyond them leaked.
@@ -277,7 +321,10 @@ async fn summarize(url: &str, store_path: &Path, work: &Path, total: u64, elapse
     let leftovers = live + backend_left + registrations_left;
     println!();
     println!("summary");
-    println!("  jobs done:            {succeeded}/{total} succeeded in {:.1}s", elapsed.as_secs_f64());
+    println!(
+        "  jobs done:            {succeeded}/{total} succeeded in {:.1}s",
+        elapsed.as_secs_f64()
+    );
     println!(
         "  job wait (waiting -> running): p50 {:.2}s, p95 {:.2}s, max {:.2}s",
         percentile(&waits, 0.50),
@@ -285,16 +332,33 @@ async fn summarize(url: &str, store_path: &Path, work: &Path, total: u64, elapse
         waits.last().copied().unwrap_or(0.0)
     );
     println!("  runners created:      {created}");
-    println!("  runners removed:      {removed} ({})", reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  runners removed:      {removed} ({})",
+        reasons
+            .iter()
+            .map(|(r, n)| format!("{r}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if identities > 0 {
         println!("  runner identities:    {identities} registered once and reused (Forgejo 13/14 has no runner delete API)");
     }
-    println!("  runner registrations deleted in Forgejo: {}", stats.runners.deleted);
+    println!(
+        "  runner registrations deleted in Forgejo: {}",
+        stats.runners.deleted
+    );
     println!(
         "  leftovers:            {leftovers} (instances in the store: {live}, on the backend: {backend_left}, registrations: {registrations_left})"
     );
     let ok = succeeded == total && leftovers == 0;
-    println!("{}", if ok { "OK: every job succeeded and nothing was left behind" } else { "FAILED" });
+    println!(
+        "{}",
+        if ok {
+            "OK: every job succeeded and nothing was left behind"
+        } else {
+            "FAILED"
+        }
+    );
     Ok(ok)
 }
 
@@ -367,8 +431,12 @@ fn client(url: &str, token: Option<Secret>) -> anyhow::Result<ForgejoClient> {
 }
 
 async fn create_repo(api: &ForgejoClient) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "name": "on-demand", "auto_init": true, "default_branch": "main" });
-    match api.post_json::<_, serde_json::Value>("/user/repos", "/user/repos", &body).await {
+    let body =
+        serde_json::json!({ "name": "on-demand", "auto_init": true, "default_branch": "main" });
+    match api
+        .post_json::<_, serde_json::Value>("/user/repos", "/user/repos", &body)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.status() == Some(409) => Ok(()),
         Err(e) => Err(e).context("creating the on-demand repository"),
@@ -394,26 +462,48 @@ async fn commit_file(api: &ForgejoClient, path: &str, content: &str) -> anyhow::
 /// the scheduled workflow, N jobs processed, then stop.
 async fn real_forgejo(args: &DemoArgs, url: &str) -> Result<bool, DemoError> {
     let (Some(user), Some(password_file)) = (&args.user, &args.password_file) else {
-        return Err(DemoError::Usage("--forgejo-url needs --user and --password-file".into()));
+        return Err(DemoError::Usage(
+            "--forgejo-url needs --user and --password-file".into(),
+        ));
     };
     let password = read_secret_file(password_file).map_err(DemoError::Usage)?;
     let anonymous = client(url, None)?;
-    let name = format!("autoscaler-demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "autoscaler-demo-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let token = anonymous
-        .create_access_token(user, &password, &name, &["write:repository", "write:user", "write:organization"])
+        .create_access_token(
+            user,
+            &password,
+            &name,
+            &["write:repository", "write:user", "write:organization"],
+        )
         .await
         .map_err(anyhow::Error::from)?;
     let api = anonymous.with_token(token.clone());
     create_repo(&api).await?;
     commit_file(&api, ".forgejo/workflows/demo.yml", SEED_WORKFLOW_SCHEDULE).await?;
     let work = work_dir(true)?;
-    crate::secret::write_private_file(&work.path.join("token"), token.expose().as_bytes()).map_err(anyhow::Error::from)?;
-    let text = demo_config(url, &args.runner_binary, args.max_runners, "5s").replace("root/on-demand", &format!("{user}/on-demand"));
+    crate::secret::write_private_file(&work.path.join("token"), token.expose().as_bytes())
+        .map_err(anyhow::Error::from)?;
+    let text = demo_config(url, &args.runner_binary, args.max_runners, "5s")
+        .replace("root/on-demand", &format!("{user}/on-demand"));
     let config_path = work.path.join("autoscaler.toml");
     std::fs::write(&config_path, &text).map_err(anyhow::Error::from)?;
     let config = config::parse(&text, &config_path).map_err(|e| DemoError::Usage(e.to_string()))?;
-    println!("processing {} jobs from the scheduled workflow (one run per minute) on {url}", args.jobs);
-    let done = run_daemon(config, RunOptions { max_jobs: Some(args.jobs) }, crate::cli::shutdown_signal()).await?;
+    println!(
+        "processing {} jobs from the scheduled workflow (one run per minute) on {url}",
+        args.jobs
+    );
+    let done = run_daemon(
+        config,
+        RunOptions {
+            max_jobs: Some(args.jobs),
+        },
+        crate::cli::shutdown_signal(),
+    )
+    .await?;
     println!("jobs done: {done}/{}", args.jobs);
     let _ = Arc::new(());
     Ok(done >= args.jobs)

@@ -3,9 +3,13 @@
 //! See ARCHITECTURE.md at the repository root for the code map and the invariants.
 
 pub mod backend;
+pub mod cleanup;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod forgejo;
+pub mod http;
 pub mod metrics;
 pub mod plan;
 pub mod pools;
@@ -14,7 +18,3 @@ pub mod reconcile;
 pub mod runtime;
 pub mod secret;
 pub mod store;
-pub mod cleanup;
-pub mod cli;
-pub mod demo;
-pub mod http;

@@ -7,9 +7,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let invoked_as = std::env::args_os()
-        .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()));
+    let invoked_as = std::env::args_os().next().and_then(|a| {
+        std::path::Path::new(&a)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
     if invoked_as.as_deref() == Some("fake-forgejo-runner") {
         use clap::Parser;
         let cli = fake_forgejo_runner::cli::Cli::parse();

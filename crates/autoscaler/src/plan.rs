@@ -53,9 +53,13 @@ pub struct JobKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendObs {
     Running,
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
     /// Not listed by a successful backend listing, `count` times in a row.
-    Missing { count: u32 },
+    Missing {
+        count: u32,
+    },
     /// The backend could not be asked this tick.
     Unknown,
 }
@@ -70,7 +74,9 @@ pub enum RunnerObs {
     Offline,
     /// Not in a successful runners listing, `count` times in a row (an ephemeral runner is
     /// deleted by Forgejo when its job ends or is cancelled).
-    Gone { count: u32 },
+    Gone {
+        count: u32,
+    },
     Unknown,
     /// The strategy does not watch runners (13/14) or the instance has no runner yet.
     NotTracked,
@@ -231,10 +237,23 @@ pub struct JobRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start an instance in `pool` with credentials of `scope`; `job: None` is a warm spare.
-    Create { pool: String, scope: ApiScope, job: Option<JobRef> },
-    Delete { id: String, reason: Reason },
-    DeleteOrphanInstance { backend: String, key: String },
-    DeleteOrphanRunner { scope: ApiScope, runner_id: i64 },
+    Create {
+        pool: String,
+        scope: ApiScope,
+        job: Option<JobRef>,
+    },
+    Delete {
+        id: String,
+        reason: Reason,
+    },
+    DeleteOrphanInstance {
+        backend: String,
+        key: String,
+    },
+    DeleteOrphanRunner {
+        scope: ApiScope,
+        runner_id: i64,
+    },
 }
 
 /// A waiting job that no pool can serve: reported, never retried in a loop.
@@ -268,7 +287,8 @@ pub struct Plan {
 /// Decides what to do. Pure: same input, same output.
 pub fn plan(observed: &Observed, pools: &[PoolSpec], limits: Limits) -> Plan {
     let mut out = Plan::default();
-    let pool_by_name: BTreeMap<&str, &PoolSpec> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    let pool_by_name: BTreeMap<&str, &PoolSpec> =
+        pools.iter().map(|p| (p.name.as_str(), p)).collect();
 
     for instance in &observed.instances {
         if instance.state == InstanceState::Gone || instance.in_flight {
@@ -281,10 +301,16 @@ pub fn plan(observed: &Observed, pools: &[PoolSpec], limits: Limits) -> Plan {
         let deadlines = match pool_by_name.get(instance.pool.as_str()) {
             Some(pool) => pool.deadlines,
             // A pool removed from the configuration: its instances finish, then go.
-            None => pools.first().map(|p| p.deadlines).unwrap_or(DEFAULT_DEADLINES),
+            None => pools
+                .first()
+                .map(|p| p.deadlines)
+                .unwrap_or(DEFAULT_DEADLINES),
         };
         if let Some(reason) = removal_reason(observed, instance, busy, deadlines) {
-            out.actions.push(Action::Delete { id: instance.id.clone(), reason });
+            out.actions.push(Action::Delete {
+                id: instance.id.clone(),
+                reason,
+            });
         }
     }
 
@@ -297,10 +323,15 @@ pub fn plan(observed: &Observed, pools: &[PoolSpec], limits: Limits) -> Plan {
         }
     }
     for orphan in &observed.orphan_runners {
-        if let (true, Some(scope), Ok(runner_id)) =
-            (orphan_confirmed(observed, orphan, pools), &orphan.scope, orphan.key.parse::<i64>())
-        {
-            out.actions.push(Action::DeleteOrphanRunner { scope: scope.clone(), runner_id });
+        if let (true, Some(scope), Ok(runner_id)) = (
+            orphan_confirmed(observed, orphan, pools),
+            &orphan.scope,
+            orphan.key.parse::<i64>(),
+        ) {
+            out.actions.push(Action::DeleteOrphanRunner {
+                scope: scope.clone(),
+                runner_id,
+            });
         }
     }
 
@@ -330,9 +361,12 @@ pub fn is_busy(strategy: Strategy, instance: &InstanceView) -> bool {
         return false;
     }
     match strategy {
-        Strategy::Ephemeral => instance.job_obs == JobObs::Running && instance.runner == RunnerObs::Active,
+        Strategy::Ephemeral => {
+            instance.job_obs == JobObs::Running && instance.runner == RunnerObs::Active
+        }
         Strategy::Identities => {
-            instance.job.is_some() && matches!(instance.job_obs, JobObs::Running | JobObs::Absent { .. })
+            instance.job.is_some()
+                && matches!(instance.job_obs, JobObs::Running | JobObs::Absent { .. })
         }
     }
 }
@@ -353,7 +387,9 @@ fn removal_reason(
         InstanceState::Running => {
             match instance.backend {
                 BackendObs::Exited { code } => return Some(exit_reason(code, busy)),
-                BackendObs::Missing { count } if count >= CONFIRMATIONS => return Some(Reason::InstanceLost),
+                BackendObs::Missing { count } if count >= CONFIRMATIONS => {
+                    return Some(Reason::InstanceLost)
+                }
                 _ => {}
             }
             if let RunnerObs::Gone { count } = instance.runner {
@@ -368,7 +404,8 @@ fn removal_reason(
                 }
             }
             if busy {
-                let busy_for = now.saturating_sub(instance.busy_since_ms.unwrap_or(instance.state_since_ms));
+                let busy_for =
+                    now.saturating_sub(instance.busy_since_ms.unwrap_or(instance.state_since_ms));
                 if busy_for > deadlines.job.as_millis() as u64 {
                     return Some(Reason::JobTimeout);
                 }
@@ -420,8 +457,12 @@ fn exit_reason(code: Option<i32>, busy: bool) -> Reason {
 }
 
 fn orphan_confirmed(observed: &Observed, orphan: &OrphanView, pools: &[PoolSpec]) -> bool {
-    let grace = pools.first().map(|p| p.deadlines.orphan_grace).unwrap_or(DEFAULT_DEADLINES.orphan_grace);
-    orphan.seen_count >= CONFIRMATIONS && observed.now_ms.saturating_sub(orphan.first_seen_ms) >= grace.as_millis() as u64
+    let grace = pools
+        .first()
+        .map(|p| p.deadlines.orphan_grace)
+        .unwrap_or(DEFAULT_DEADLINES.orphan_grace);
+    orphan.seen_count >= CONFIRMATIONS
+        && observed.now_ms.saturating_sub(orphan.first_seen_ms) >= grace.as_millis() as u64
 }
 
 fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &mut Plan) {
@@ -434,7 +475,11 @@ fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &m
     for pool in pools {
         out.pools.insert(
             pool.name.clone(),
-            PoolUsage { used: used.get(pool.name.as_str()).copied().unwrap_or(0), cap: pool.max_runners, ..Default::default() },
+            PoolUsage {
+                used: used.get(pool.name.as_str()).copied().unwrap_or(0),
+                cap: pool.max_runners,
+                ..Default::default()
+            },
         );
     }
     // Jobs already served: by attempt handle (15) or job id (13/14). Instances being deleted do
@@ -460,8 +505,15 @@ fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &m
 
     let can_create = !observed.draining;
     let mut budget = observed.create_budget;
-    let mut pool_used: BTreeMap<String, u32> =
-        pools.iter().map(|p| (p.name.clone(), used.get(p.name.as_str()).copied().unwrap_or(0))).collect();
+    let mut pool_used: BTreeMap<String, u32> = pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                used.get(p.name.as_str()).copied().unwrap_or(0),
+            )
+        })
+        .collect();
 
     for (scope, job) in waiting {
         let Some(pool) = best_pool(pools, scope, &job.runs_on) else {
@@ -473,15 +525,29 @@ fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &m
             });
             continue;
         };
-        let usage = out.pools.get_mut(&pool.name).expect("every pool has a usage row");
+        let usage = out
+            .pools
+            .get_mut(&pool.name)
+            .expect("every pool has a usage row");
         usage.waiting_jobs += 1;
-        let key_handle = if observed.strategy == Strategy::Ephemeral { job.handle.as_deref() } else { None };
+        let key_handle = if observed.strategy == Strategy::Ephemeral {
+            job.handle.as_deref()
+        } else {
+            None
+        };
         let is_covered = covered.contains(&(job.id, key_handle))
-            || (observed.strategy == Strategy::Identities && covered.iter().any(|(id, _)| *id == job.id));
-        if is_covered || !can_create || observed.backoff_pools.contains(&pool.name) || budget == Some(0) {
+            || (observed.strategy == Strategy::Identities
+                && covered.iter().any(|(id, _)| *id == job.id));
+        if is_covered
+            || !can_create
+            || observed.backoff_pools.contains(&pool.name)
+            || budget == Some(0)
+        {
             continue;
         }
-        let pool_count = pool_used.get_mut(&pool.name).expect("every pool is counted");
+        let pool_count = pool_used
+            .get_mut(&pool.name)
+            .expect("every pool is counted");
         if *pool_count >= pool.max_runners || global_used >= limits.max_runners {
             usage.blocked_by_cap += 1;
             continue;
@@ -527,7 +593,9 @@ fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &m
             continue;
         };
         for _ in idle_spares..pool.warm_spares {
-            let pool_count = pool_used.get_mut(&pool.name).expect("every pool is counted");
+            let pool_count = pool_used
+                .get_mut(&pool.name)
+                .expect("every pool is counted");
             if *pool_count >= pool.max_runners || global_used >= limits.max_runners {
                 break;
             }
@@ -536,13 +604,19 @@ fn plan_creates(observed: &Observed, pools: &[PoolSpec], limits: Limits, out: &m
             if let Some(usage) = out.pools.get_mut(&pool.name) {
                 usage.used += 1;
             }
-            out.actions.push(Action::Create { pool: pool.name.clone(), scope: scope.clone(), job: None });
+            out.actions.push(Action::Create {
+                pool: pool.name.clone(),
+                scope: scope.clone(),
+                job: None,
+            });
         }
     }
 }
 
 fn is_removed_this_tick(plan: &Plan, id: &str) -> bool {
-    plan.actions.iter().any(|a| matches!(a, Action::Delete { id: d, .. } if d == id))
+    plan.actions
+        .iter()
+        .any(|a| matches!(a, Action::Delete { id: d, .. } if d == id))
 }
 
 #[cfg(test)]

@@ -41,13 +41,19 @@ impl PoolSpec {
     }
 
     pub fn serves(&self, scope: &ApiScope) -> bool {
-        self.scopes.as_ref().is_none_or(|scopes| scopes.contains(scope))
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(scope))
     }
 }
 
 /// The pool a job goes to: among the pools that serve its scope and fit its labels, the most
 /// specific one (fewest labels beyond the job's), earlier in the configuration on a tie.
-pub fn best_pool<'a>(pools: &'a [PoolSpec], scope: &ApiScope, runs_on: &[String]) -> Option<&'a PoolSpec> {
+pub fn best_pool<'a>(
+    pools: &'a [PoolSpec],
+    scope: &ApiScope,
+    runs_on: &[String],
+) -> Option<&'a PoolSpec> {
     pools
         .iter()
         .enumerate()
@@ -59,7 +65,11 @@ pub fn best_pool<'a>(pools: &'a [PoolSpec], scope: &ApiScope, runs_on: &[String]
 /// Every label name that any pool serving `scope` offers, sorted: the `labels=` query Forgejo 13
 /// needs to list the jobs those pools could take (contract §4 quirk 1).
 pub fn label_query(pools: &[PoolSpec], scope: &ApiScope) -> Vec<String> {
-    let names: BTreeSet<&String> = pools.iter().filter(|p| p.serves(scope)).flat_map(|p| &p.label_names).collect();
+    let names: BTreeSet<&String> = pools
+        .iter()
+        .filter(|p| p.serves(scope))
+        .flat_map(|p| &p.label_names)
+        .collect();
     names.into_iter().cloned().collect()
 }
 
@@ -97,11 +107,22 @@ mod tests {
 
     #[test]
     fn forgejo_label_rule() {
-        let pool = test_pool("debian", &["trixie:docker://debian:trixie", "bookworm:docker://debian:bookworm", "test"], 4);
+        let pool = test_pool(
+            "debian",
+            &[
+                "trixie:docker://debian:trixie",
+                "bookworm:docker://debian:bookworm",
+                "test",
+            ],
+            4,
+        );
         assert!(pool.fits(&labels(&["trixie"])));
         assert!(pool.fits(&labels(&["bookworm", "test"])));
         assert!(!pool.fits(&labels(&["bookworm", "arm64"])));
-        assert!(!pool.fits(&labels(&[])), "a job without runs-on never matches");
+        assert!(
+            !pool.fits(&labels(&[])),
+            "a job without runs-on never matches"
+        );
         assert!(!pool.fits(&labels(&["Trixie"])), "case-sensitive");
         assert!(!pool.fits(&labels(&[" test"])), "no trimming");
     }
@@ -114,17 +135,36 @@ mod tests {
             test_pool("same-size", &["linux", "amd64"], 4),
         ];
         let scope = ApiScope::User;
-        assert_eq!(best_pool(&pools, &scope, &labels(&["linux"])).unwrap().name, "small");
-        assert_eq!(best_pool(&pools, &scope, &labels(&["gpu"])).unwrap().name, "big");
+        assert_eq!(
+            best_pool(&pools, &scope, &labels(&["linux"])).unwrap().name,
+            "small"
+        );
+        assert_eq!(
+            best_pool(&pools, &scope, &labels(&["gpu"])).unwrap().name,
+            "big"
+        );
         assert!(best_pool(&pools, &scope, &labels(&["windows"])).is_none());
-        assert_eq!(label_query(&pools, &scope), labels(&["amd64", "docker", "gpu", "linux"]));
+        assert_eq!(
+            label_query(&pools, &scope),
+            labels(&["amd64", "docker", "gpu", "linux"])
+        );
     }
 
     #[test]
     fn pools_only_serve_their_scopes() {
         let mut pool = test_pool("p", &["x"], 1);
         pool.scopes = Some(vec![ApiScope::Org("a".into())]);
-        assert!(best_pool(std::slice::from_ref(&pool), &ApiScope::Org("b".into()), &labels(&["x"])).is_none());
-        assert!(best_pool(std::slice::from_ref(&pool), &ApiScope::Org("a".into()), &labels(&["x"])).is_some());
+        assert!(best_pool(
+            std::slice::from_ref(&pool),
+            &ApiScope::Org("b".into()),
+            &labels(&["x"])
+        )
+        .is_none());
+        assert!(best_pool(
+            std::slice::from_ref(&pool),
+            &ApiScope::Org("a".into()),
+            &labels(&["x"])
+        )
+        .is_some());
     }
 }

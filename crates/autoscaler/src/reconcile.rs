@@ -21,8 +21,8 @@ use crate::{
     forgejo::{ApiScope, ForgejoError, Job, JobStatus, RunnerInfo},
     metrics::{PoolLabel, PoolReasonLabel, PoolStateLabel},
     plan::{
-        self, Action, BackendObs, InstanceView, JobKey, JobObs, JobRef, Observed, OrphanView, Plan, Reason, RunnerObs,
-        ScopeJobs, Strategy, Unmatched,
+        self, Action, BackendObs, InstanceView, JobKey, JobObs, JobRef, Observed, OrphanView, Plan,
+        Reason, RunnerObs, ScopeJobs, Strategy, Unmatched,
     },
     runtime::Runtime,
     store::{InstanceRecord, InstanceState},
@@ -104,7 +104,11 @@ impl Reconciler {
     }
 
     /// Runs until `shutdown` resolves (then drains) or `max_jobs` jobs are done.
-    pub async fn run(mut self, options: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<u32> {
+    pub async fn run(
+        mut self,
+        options: RunOptions,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<u32> {
         self.recover().await?;
         let poll = self.rt.config.forgejo.poll_interval;
         tokio::pin!(shutdown);
@@ -145,9 +149,14 @@ impl Reconciler {
             .rt
             .store
             .live_instances()
-            .map(|l| l.iter().filter(|r| r.job_id.is_some() && r.state != InstanceState::Deleting).count() as u32)
+            .map(|l| {
+                l.iter()
+                    .filter(|r| r.job_id.is_some() && r.state != InstanceState::Deleting)
+                    .count() as u32
+            })
             .unwrap_or(u32::MAX);
-        max.saturating_sub(self.jobs_done()).saturating_sub(live_with_job)
+        max.saturating_sub(self.jobs_done())
+            .saturating_sub(live_with_job)
     }
 
     /// After a restart: adopt what runs, remove what a crash interrupted.
@@ -168,17 +177,34 @@ impl Reconciler {
         let mut adopted = 0;
         for record in records {
             match record.state {
-                InstanceState::Starting => match by_id.get(&(record.backend.as_str(), record.id.as_str())) {
-                    Some(found) if found.status == InstanceStatus::Running && record.runner_id.is_some() => {
-                        self.rt.store.set_backend_ref(&record.id, &found.backend_ref)?;
-                        self.rt.store.set_state(&record.id, InstanceState::Running, now, None, Some("adopted after restart"))?;
-                        adopted += 1;
+                InstanceState::Starting => {
+                    match by_id.get(&(record.backend.as_str(), record.id.as_str())) {
+                        Some(found)
+                            if found.status == InstanceStatus::Running
+                                && record.runner_id.is_some() =>
+                        {
+                            self.rt
+                                .store
+                                .set_backend_ref(&record.id, &found.backend_ref)?;
+                            self.rt.store.set_state(
+                                &record.id,
+                                InstanceState::Running,
+                                now,
+                                None,
+                                Some("adopted after restart"),
+                            )?;
+                            adopted += 1;
+                        }
+                        _ => self.execute(Action::Delete {
+                            id: record.id.clone(),
+                            reason: Reason::Interrupted,
+                        }),
                     }
-                    _ => self.execute(Action::Delete { id: record.id.clone(), reason: Reason::Interrupted }),
-                },
-                InstanceState::Deleting => {
-                    self.execute(Action::Delete { id: record.id.clone(), reason: Reason::TeardownRetry })
                 }
+                InstanceState::Deleting => self.execute(Action::Delete {
+                    id: record.id.clone(),
+                    reason: Reason::TeardownRetry,
+                }),
                 InstanceState::Running => adopted += 1,
                 InstanceState::Gone => {}
             }
@@ -191,14 +217,28 @@ impl Reconciler {
     pub async fn tick(&mut self, draining: bool, create_budget: Option<u32>) {
         let started = Instant::now();
         let (observed, errors) = self.observe(draining, create_budget).await;
-        let plan = plan::plan(&observed, &self.rt.pools, plan::Limits { max_runners: self.rt.config.limits.max_runners });
+        let plan = plan::plan(
+            &observed,
+            &self.rt.pools,
+            plan::Limits {
+                max_runners: self.rt.config.limits.max_runners,
+            },
+        );
         self.apply(&observed, &plan);
         let reachable = observed.jobs.iter().any(|s| s.jobs.is_some());
         if reachable {
-            self.rt.metrics.last_tick_success.set((now_ms() / 1000) as i64);
+            self.rt
+                .metrics
+                .last_tick_success
+                .set((now_ms() / 1000) as i64);
         }
-        self.rt.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
-        self.rt.metrics.sync_requests(&self.rt.client.request_counts());
+        self.rt
+            .metrics
+            .tick_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.rt
+            .metrics
+            .sync_requests(&self.rt.client.request_counts());
         if let Ok(mut snapshot) = self.snapshot.lock() {
             *snapshot = Snapshot {
                 at_ms: observed.now_ms,
@@ -213,7 +253,11 @@ impl Reconciler {
 
     /// Reads the three sources and the store. Never fails: what could not be read is
     /// `Unknown` / `None` and the error is returned for reporting.
-    pub async fn observe(&mut self, draining: bool, create_budget: Option<u32>) -> (Observed, Vec<String>) {
+    pub async fn observe(
+        &mut self,
+        draining: bool,
+        create_budget: Option<u32>,
+    ) -> (Observed, Vec<String>) {
         let rt = self.rt.clone();
         let mut errors = Vec::new();
         self.memory.ticks += 1;
@@ -225,11 +269,21 @@ impl Reconciler {
                 .capabilities()
                 .jobs_need_label_superset
                 .then(|| crate::pools::label_query(&rt.pools, scope));
-            match rt.client.list_jobs(scope, rt.version, labels.as_deref()).await {
-                Ok(list) => jobs.push(ScopeJobs { scope: scope.clone(), jobs: Some(list) }),
+            match rt
+                .client
+                .list_jobs(scope, rt.version, labels.as_deref())
+                .await
+            {
+                Ok(list) => jobs.push(ScopeJobs {
+                    scope: scope.clone(),
+                    jobs: Some(list),
+                }),
                 Err(e) => {
                     errors.push(e.to_string());
-                    jobs.push(ScopeJobs { scope: scope.clone(), jobs: None });
+                    jobs.push(ScopeJobs {
+                        scope: scope.clone(),
+                        jobs: None,
+                    });
                 }
             }
         }
@@ -260,7 +314,13 @@ impl Reconciler {
             .iter()
             .map(|record| {
                 let backend_list = listed.get(&record.backend).and_then(|l| l.as_deref());
-                self.view(record, &jobs, backend_list, &runners, in_flight.contains(&record.id))
+                self.view(
+                    record,
+                    &jobs,
+                    backend_list,
+                    &runners,
+                    in_flight.contains(&record.id),
+                )
             })
             .collect();
         let orphan_instances = self.orphan_instances(&records, &listed, &in_flight, now);
@@ -268,7 +328,12 @@ impl Reconciler {
         let backoff_pools = self
             .backoff
             .lock()
-            .map(|b| b.iter().filter(|(_, b)| b.until_ms > now).map(|(p, _)| p.clone()).collect())
+            .map(|b| {
+                b.iter()
+                    .filter(|(_, b)| b.until_ms > now)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         self.observe_job_waits(&jobs, now);
         let observed = Observed {
@@ -297,7 +362,10 @@ impl Reconciler {
         }
         let scan_all = self.memory.ticks % ORPHAN_SCAN_EVERY == 1;
         for scope in &self.rt.scopes {
-            let needed = scan_all || records.iter().any(|r| r.runner_id.is_some() && r.scope == scope.to_string());
+            let needed = scan_all
+                || records
+                    .iter()
+                    .any(|r| r.runner_id.is_some() && r.scope == scope.to_string());
             if !needed {
                 continue;
             }
@@ -323,7 +391,10 @@ impl Reconciler {
         in_flight: bool,
     ) -> InstanceView {
         let scope: ApiScope = record.scope.parse().unwrap_or(ApiScope::User);
-        let job = record.job_id.map(|id| JobKey { id, handle: record.job_handle.clone() });
+        let job = record.job_id.map(|id| JobKey {
+            id,
+            handle: record.job_handle.clone(),
+        });
         let m = &mut self.memory;
 
         let backend = match listed {
@@ -344,16 +415,29 @@ impl Reconciler {
             },
         };
 
-        let job_obs = match (&job, jobs.iter().find(|s| s.scope == scope).and_then(|s| s.jobs.as_ref())) {
+        let job_obs = match (
+            &job,
+            jobs.iter()
+                .find(|s| s.scope == scope)
+                .and_then(|s| s.jobs.as_ref()),
+        ) {
             (None, _) | (_, None) => JobObs::Unknown,
             (Some(key), Some(list)) => {
-                let found = list.iter().find(|j| j.id == key.id && (key.handle.is_none() || j.handle == key.handle));
+                let found = list
+                    .iter()
+                    .find(|j| j.id == key.id && (key.handle.is_none() || j.handle == key.handle));
                 match found {
                     Some(j) => {
                         m.job_absent.remove(&record.id);
-                        if j.status == JobStatus::Running { JobObs::Running } else { JobObs::Waiting }
+                        if j.status == JobStatus::Running {
+                            JobObs::Running
+                        } else {
+                            JobObs::Waiting
+                        }
                     }
-                    None => JobObs::Absent { count: bump(&mut m.job_absent, &record.id) },
+                    None => JobObs::Absent {
+                        count: bump(&mut m.job_absent, &record.id),
+                    },
                 }
             }
         };
@@ -371,9 +455,9 @@ impl Reconciler {
                         _ => RunnerObs::Idle,
                     }
                 }
-                None if record.state == InstanceState::Running => {
-                    RunnerObs::Gone { count: bump(&mut m.runner_gone, &record.id) }
-                }
+                None if record.state == InstanceState::Running => RunnerObs::Gone {
+                    count: bump(&mut m.runner_gone, &record.id),
+                },
                 None => RunnerObs::Unknown,
             },
         };
@@ -381,7 +465,10 @@ impl Reconciler {
         let (idle_while_job_running, idle_while_job_running_ms) =
             if job_obs == JobObs::Running && runner == RunnerObs::Idle {
                 let now = now_ms();
-                let entry = m.idle_while_running.entry(record.id.clone()).or_insert((0, now));
+                let entry = m
+                    .idle_while_running
+                    .entry(record.id.clone())
+                    .or_insert((0, now));
                 entry.0 += 1;
                 (entry.0, now.saturating_sub(entry.1))
             } else {
@@ -414,23 +501,40 @@ impl Reconciler {
         in_flight: &HashSet<String>,
         now: u64,
     ) -> Vec<OrphanView> {
-        let known: HashSet<(&str, &str)> = records.iter().map(|r| (r.backend.as_str(), r.id.as_str())).collect();
+        let known: HashSet<(&str, &str)> = records
+            .iter()
+            .map(|r| (r.backend.as_str(), r.id.as_str()))
+            .collect();
         let mut current: HashSet<(String, String)> = HashSet::new();
         for (kind, list) in listed {
             for instance in list.iter().flatten() {
-                if !known.contains(&(kind.as_str(), instance.id.as_str())) && !in_flight.contains(&instance.id) {
+                if !known.contains(&(kind.as_str(), instance.id.as_str()))
+                    && !in_flight.contains(&instance.id)
+                {
                     current.insert((kind.clone(), instance.id.clone()));
                 }
             }
         }
         // A backend that could not be listed neither confirms nor clears its orphans.
-        self.memory.orphan_instances.retain(|key, _| current.contains(key) || !matches!(listed.get(&key.0), Some(Some(_))));
+        self.memory
+            .orphan_instances
+            .retain(|key, _| current.contains(key) || !matches!(listed.get(&key.0), Some(Some(_))));
         current
             .into_iter()
             .map(|key| {
-                let entry = self.memory.orphan_instances.entry(key.clone()).or_insert((now, 0));
+                let entry = self
+                    .memory
+                    .orphan_instances
+                    .entry(key.clone())
+                    .or_insert((now, 0));
                 entry.1 += 1;
-                OrphanView { key: key.1, backend: Some(key.0), scope: None, first_seen_ms: entry.0, seen_count: entry.1 }
+                OrphanView {
+                    key: key.1,
+                    backend: Some(key.0),
+                    scope: None,
+                    first_seen_ms: entry.0,
+                    seen_count: entry.1,
+                }
             })
             .collect()
     }
@@ -452,15 +556,25 @@ impl Reconciler {
             }
         }
         // Only scopes listed this tick can confirm or clear their orphans.
-        self.memory
-            .orphan_runners
-            .retain(|key, _| current.contains(key) || !matches!(runners.get(&key.0), Some(Some(_))));
+        self.memory.orphan_runners.retain(|key, _| {
+            current.contains(key) || !matches!(runners.get(&key.0), Some(Some(_)))
+        });
         current
             .into_iter()
             .map(|key| {
-                let entry = self.memory.orphan_runners.entry(key.clone()).or_insert((now, 0));
+                let entry = self
+                    .memory
+                    .orphan_runners
+                    .entry(key.clone())
+                    .or_insert((now, 0));
                 entry.1 += 1;
-                OrphanView { key: key.1.to_string(), backend: None, scope: Some(key.0), first_seen_ms: entry.0, seen_count: entry.1 }
+                OrphanView {
+                    key: key.1.to_string(),
+                    backend: None,
+                    scope: Some(key.0),
+                    first_seen_ms: entry.0,
+                    seen_count: entry.1,
+                }
             })
             .collect()
     }
@@ -468,17 +582,27 @@ impl Reconciler {
     /// Job wait as this autoscaler sees it: first seen waiting -> first seen running.
     fn observe_job_waits(&mut self, jobs: &[ScopeJobs], now: u64) {
         for scope_jobs in jobs {
-            let Some(list) = &scope_jobs.jobs else { continue };
+            let Some(list) = &scope_jobs.jobs else {
+                continue;
+            };
             for job in list {
                 match job.status {
                     JobStatus::Waiting => {
-                        let pool = crate::pools::best_pool(&self.rt.pools, &scope_jobs.scope, &job.runs_on)
-                            .map(|p| p.name.clone())
-                            .unwrap_or_default();
-                        self.memory.first_seen_waiting.entry(job.id).or_insert((now, pool));
+                        let pool = crate::pools::best_pool(
+                            &self.rt.pools,
+                            &scope_jobs.scope,
+                            &job.runs_on,
+                        )
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default();
+                        self.memory
+                            .first_seen_waiting
+                            .entry(job.id)
+                            .or_insert((now, pool));
                     }
                     JobStatus::Running => {
-                        if let Some((since, pool)) = self.memory.first_seen_waiting.remove(&job.id) {
+                        if let Some((since, pool)) = self.memory.first_seen_waiting.remove(&job.id)
+                        {
                             if !pool.is_empty() {
                                 self.rt
                                     .metrics
@@ -513,7 +637,10 @@ impl Reconciler {
     fn report(&mut self, observed: &Observed, plan: &Plan) {
         let metrics = &self.rt.metrics;
         for (name, usage) in &plan.pools {
-            metrics.waiting_jobs.get_or_create(&PoolLabel { pool: name.clone() }).set(usage.waiting_jobs as i64);
+            metrics
+                .waiting_jobs
+                .get_or_create(&PoolLabel { pool: name.clone() })
+                .set(usage.waiting_jobs as i64);
             let was = self.memory.at_capacity.contains(name);
             let now = usage.blocked_by_cap > 0;
             if now && !was {
@@ -541,23 +668,44 @@ impl Reconciler {
             *states.entry((i.pool.clone(), state)).or_default() += 1;
         }
         for ((pool, state), n) in states {
-            metrics.runners.get_or_create(&PoolStateLabel { pool, state: state.into() }).set(n);
+            metrics
+                .runners
+                .get_or_create(&PoolStateLabel {
+                    pool,
+                    state: state.into(),
+                })
+                .set(n);
         }
         metrics.unmatched_jobs.set(plan.unmatched.len() as i64);
         let current: HashSet<i64> = plan.unmatched.iter().map(|u| u.job_id).collect();
-        for Unmatched { job_id, scope, name, runs_on } in &plan.unmatched {
+        for Unmatched {
+            job_id,
+            scope,
+            name,
+            runs_on,
+        } in &plan.unmatched
+        {
             if self.memory.unmatched_reported.insert(*job_id) {
                 metrics.jobs_unmatched.inc();
-                let offers: Vec<String> =
-                    self.rt.pools.iter().map(|p| format!("{}=[{}]", p.name, p.labels.join(","))).collect();
+                let offers: Vec<String> = self
+                    .rt
+                    .pools
+                    .iter()
+                    .map(|p| format!("{}=[{}]", p.name, p.labels.join(",")))
+                    .collect();
                 tracing::info!(job = job_id, %scope, name = %name, runs_on = ?runs_on, pools = ?offers, "job fits no pool; it will not get a runner from this autoscaler");
             }
         }
-        self.memory.unmatched_reported.retain(|id| current.contains(id));
+        self.memory
+            .unmatched_reported
+            .retain(|id| current.contains(id));
     }
 
     fn mark_in_flight(&self, id: &str) -> bool {
-        self.in_flight.lock().map(|mut s| s.insert(id.to_string())).unwrap_or(false)
+        self.in_flight
+            .lock()
+            .map(|mut s| s.insert(id.to_string()))
+            .unwrap_or(false)
     }
 
     /// Dispatches one action. The store is updated synchronously (so the next tick counts it);
@@ -601,7 +749,10 @@ impl Reconciler {
                     return;
                 }
                 self.mark_in_flight(&id);
-                rt.metrics.created.get_or_create(&PoolLabel { pool: pool.clone() }).inc();
+                rt.metrics
+                    .created
+                    .get_or_create(&PoolLabel { pool: pool.clone() })
+                    .inc();
                 let backoff = self.backoff.clone();
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
@@ -636,7 +787,13 @@ impl Reconciler {
                     return;
                 }
                 if reason != Reason::TeardownRetry {
-                    let _ = rt.store.set_state(&id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), None);
+                    let _ = rt.store.set_state(
+                        &id,
+                        InstanceState::Deleting,
+                        now_ms(),
+                        Some(reason.as_str()),
+                        None,
+                    );
                 }
                 let jobs_done = self.jobs_done.clone();
                 self.tasks.spawn(async move {
@@ -700,7 +857,12 @@ impl Reconciler {
 /// Drain: stop creating, let busy instances finish until `timeout`, then remove everything.
 async fn drain_then(mut reconciler: Reconciler, timeout: Duration) -> anyhow::Result<u32> {
     let deadline = Instant::now() + timeout;
-    let poll = reconciler.rt.config.forgejo.poll_interval.min(Duration::from_secs(2));
+    let poll = reconciler
+        .rt
+        .config
+        .forgejo
+        .poll_interval
+        .min(Duration::from_secs(2));
     loop {
         reconciler.tick(true, Some(0)).await;
         if reconciler.idle()? {
@@ -710,7 +872,10 @@ async fn drain_then(mut reconciler: Reconciler, timeout: Duration) -> anyhow::Re
             tracing::warn!("drain timeout reached; removing the remaining instances");
             for record in reconciler.rt.store.live_instances()? {
                 if record.state != InstanceState::Deleting {
-                    reconciler.execute(Action::Delete { id: record.id, reason: Reason::Shutdown });
+                    reconciler.execute(Action::Delete {
+                        id: record.id,
+                        reason: Reason::Shutdown,
+                    });
                 }
             }
             while reconciler.tasks.join_next().await.is_some() {}
@@ -729,26 +894,48 @@ async fn drain_then(mut reconciler: Reconciler, timeout: Duration) -> anyhow::Re
 }
 
 /// Credentials, then the backend instance. The record exists already (state `starting`).
-async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiScope, job: Option<&JobRef>) -> anyhow::Result<()> {
+async fn create_instance(
+    rt: &Runtime,
+    id: &str,
+    pool_name: &str,
+    scope: &ApiScope,
+    job: Option<&JobRef>,
+) -> anyhow::Result<()> {
     let pool = rt
         .pools
         .iter()
         .find(|p| p.name == pool_name)
         .ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
-    let config_pool = rt.config.pool(pool_name).ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
+    let config_pool = rt
+        .config
+        .pool(pool_name)
+        .ok_or_else(|| anyhow::anyhow!("pool {pool_name} is not configured"))?;
     let mut env = rt.config.runner_env(config_pool);
-    env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
     let backend = rt.backend_for_pool(pool_name)?;
     env.insert("HOME".into(), backend.work_dir(id).display().to_string());
     let prepared = match rt.strategy {
         Strategy::Ephemeral => {
-            rt.provisioner.prepare_ephemeral(id, pool, scope, job, &backend.work_dir(id), env).await?
+            rt.provisioner
+                .prepare_ephemeral(id, pool, scope, job, &backend.work_dir(id), env)
+                .await?
         }
-        Strategy::Identities => rt.provisioner.prepare_identity(id, pool, scope, env).await?,
+        Strategy::Identities => {
+            rt.provisioner
+                .prepare_identity(id, pool, scope, env)
+                .await?
+        }
     };
     let backend_ref = backend.create(prepared.spec).await?;
     rt.store.set_backend_ref(id, &backend_ref)?;
-    rt.store.set_state(id, InstanceState::Running, now_ms(), None, Some(&format!("runner {} started", prepared.runner_name)))?;
+    rt.store.set_state(
+        id,
+        InstanceState::Running,
+        now_ms(),
+        None,
+        Some(&format!("runner {} started", prepared.runner_name)),
+    )?;
     tracing::info!(instance = %id, pool = %pool_name, job = ?job.map(|j| j.id), runner = %prepared.runner_name, "runner instance started");
     Ok(())
 }
@@ -756,14 +943,27 @@ async fn create_instance(rt: &Runtime, id: &str, pool_name: &str, scope: &ApiSco
 /// Removes the backend instance, then its registration (15) or lends its identity back
 /// (13/14), then marks the record gone. Returns whether everything was removed; if not, the
 /// record stays `deleting` and the teardown deadline makes a later tick try again.
-pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, detail: Option<&str>) -> bool {
-    let Ok(Some(record)) = rt.store.instance(id) else { return false };
+pub(crate) async fn remove_instance(
+    rt: &Runtime,
+    id: &str,
+    reason: Reason,
+    detail: Option<&str>,
+) -> bool {
+    let Ok(Some(record)) = rt.store.instance(id) else {
+        return false;
+    };
     // A tick that read the record while an earlier removal was finishing may ask again; the
     // record is final then, and its reason (and the job count) must not be overwritten.
     if record.state == InstanceState::Gone {
         return false;
     }
-    let _ = rt.store.set_state(id, InstanceState::Deleting, now_ms(), Some(reason.as_str()), detail);
+    let _ = rt.store.set_state(
+        id,
+        InstanceState::Deleting,
+        now_ms(),
+        Some(reason.as_str()),
+        detail,
+    );
     let grace = Duration::from_secs(10);
     let removal = match rt.backends.get(&record.backend) {
         Ok(backend) => backend.delete(id, grace).await,
@@ -778,7 +978,11 @@ pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, deta
         }
     };
     rt.metrics.operation("delete", true);
-    let _ = rt.store.set_exit(id, removal.exit_code, removal.log_tail.as_deref().filter(|_| detail.is_none()));
+    let _ = rt.store.set_exit(
+        id,
+        removal.exit_code,
+        removal.log_tail.as_deref().filter(|_| detail.is_none()),
+    );
     match (rt.strategy, record.runner_id) {
         (Strategy::Ephemeral, Some(runner_id)) => {
             let scope: ApiScope = match record.scope.parse() {
@@ -805,8 +1009,20 @@ pub(crate) async fn remove_instance(rt: &Runtime, id: &str, reason: Reason, deta
         }
         _ => {}
     }
-    let _ = rt.store.set_state(id, InstanceState::Gone, now_ms(), Some(reason.as_str()), None);
-    rt.metrics.removed.get_or_create(&PoolReasonLabel { pool: record.pool.clone(), reason: reason.as_str().into() }).inc();
+    let _ = rt.store.set_state(
+        id,
+        InstanceState::Gone,
+        now_ms(),
+        Some(reason.as_str()),
+        None,
+    );
+    rt.metrics
+        .removed
+        .get_or_create(&PoolReasonLabel {
+            pool: record.pool.clone(),
+            reason: reason.as_str().into(),
+        })
+        .inc();
     tracing::info!(instance = %id, pool = %record.pool, job = ?record.job_id, reason = reason.as_str(), exit_code = ?removal.exit_code, "runner instance removed");
     true
 }

@@ -35,7 +35,9 @@ impl Runtime {
     /// Connects to Forgejo (detecting its version unless configured), opens the store and
     /// the backends. Fails with a message that says what to fix.
     pub async fn start(config: Config) -> anyhow::Result<Runtime> {
-        let token = config.read_token().context("reading the Forgejo API token")?;
+        let token = config
+            .read_token()
+            .context("reading the Forgejo API token")?;
         let client = ForgejoClient::new(ForgejoClientOptions {
             url: config.forgejo.url.clone(),
             token: Some(token),
@@ -47,22 +49,33 @@ impl Runtime {
             VersionSetting::V13 => ForgejoVersion::V13,
             VersionSetting::V14 => ForgejoVersion::V14,
             VersionSetting::V15 => ForgejoVersion::V15,
-            VersionSetting::Auto => client
-                .detect_version()
-                .await
-                .with_context(|| format!("detecting the Forgejo version at {}", config.forgejo.url))?,
+            VersionSetting::Auto => client.detect_version().await.with_context(|| {
+                format!("detecting the Forgejo version at {}", config.forgejo.url)
+            })?,
         };
         Runtime::with_client(config, client, version)
     }
 
     /// The backend of a configured pool.
     pub fn backend_for_pool(&self, pool: &str) -> anyhow::Result<Arc<dyn Backend>> {
-        let kind = self.config.pool(pool).map(|p| p.backend.to_string()).unwrap_or_else(|| "process".into());
+        let kind = self
+            .config
+            .pool(pool)
+            .map(|p| p.backend.to_string())
+            .unwrap_or_else(|| "process".into());
         Ok(self.backends.get(&kind)?.clone())
     }
 
-    pub fn with_client(config: Config, client: ForgejoClient, version: ForgejoVersion) -> anyhow::Result<Runtime> {
-        let strategy = if version.capabilities().runners_api { Strategy::Ephemeral } else { Strategy::Identities };
+    pub fn with_client(
+        config: Config,
+        client: ForgejoClient,
+        version: ForgejoVersion,
+    ) -> anyhow::Result<Runtime> {
+        let strategy = if version.capabilities().runners_api {
+            Strategy::Ephemeral
+        } else {
+            Strategy::Identities
+        };
         let store = Store::open(&config.store.path)?;
         let owner_id = store.owner_id()?;
         let state_dir = state_dir(&config);
@@ -71,17 +84,30 @@ impl Runtime {
         // The process backend is always there: it also finds instances left by a process pool
         // that was since removed from the configuration.
         backends.add(Arc::new(
-            ProcessBackend::new(&state_dir, wake.clone())
-                .with_context(|| format!("preparing the process backend in {}", state_dir.display()))?,
+            ProcessBackend::new(&state_dir, wake.clone()).with_context(|| {
+                format!("preparing the process backend in {}", state_dir.display())
+            })?,
         ));
-        if config.pools.iter().any(|p| p.backend == BackendKind::Docker) {
-            backends.add(Arc::new(DockerBackend::new(&config, owner_id.clone(), wake.clone())));
+        if config
+            .pools
+            .iter()
+            .any(|p| p.backend == BackendKind::Docker)
+        {
+            backends.add(Arc::new(DockerBackend::new(
+                &config,
+                owner_id.clone(),
+                wake.clone(),
+            )));
         }
         let scopes: Vec<ApiScope> = config
             .forgejo
             .scopes
             .iter()
-            .map(|s| s.to_string().parse::<ApiScope>().map_err(anyhow::Error::msg))
+            .map(|s| {
+                s.to_string()
+                    .parse::<ApiScope>()
+                    .map_err(anyhow::Error::msg)
+            })
             .collect::<Result<_, _>>()?;
         let pools = pool_specs(&config)?;
         let provisioner = Provisioner::new(
@@ -101,13 +127,30 @@ impl Runtime {
             scopes = scopes.len(),
             "autoscaler ready"
         );
-        Ok(Runtime { config, client, version, strategy, store, backends, pools, scopes, provisioner, wake, metrics })
+        Ok(Runtime {
+            config,
+            client,
+            version,
+            strategy,
+            store,
+            backends,
+            pools,
+            scopes,
+            provisioner,
+            wake,
+            metrics,
+        })
     }
 }
 
 /// Where instances and logs live: beside the store.
 pub fn state_dir(config: &Config) -> PathBuf {
-    config.store.path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    config
+        .store
+        .path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// `forgejo-runner` without a slash is looked up on PATH now, so the instance (which gets a
@@ -117,7 +160,11 @@ fn resolve_binary(binary: &std::path::Path) -> PathBuf {
         return std::path::absolute(binary).unwrap_or_else(|_| binary.to_path_buf());
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(binary))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_else(|| binary.to_path_buf())
 }
 
@@ -130,7 +177,14 @@ pub fn pool_specs(config: &Config) -> anyhow::Result<Vec<PoolSpec>> {
                 .scopes
                 .as_ref()
                 .map(|scopes| {
-                    scopes.iter().map(|s| s.to_string().parse::<ApiScope>().map_err(anyhow::Error::msg)).collect()
+                    scopes
+                        .iter()
+                        .map(|s| {
+                            s.to_string()
+                                .parse::<ApiScope>()
+                                .map_err(anyhow::Error::msg)
+                        })
+                        .collect()
                 })
                 .transpose()?;
             Ok(PoolSpec {

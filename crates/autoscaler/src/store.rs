@@ -155,7 +155,8 @@ impl Store {
             crate::secret::write_private_file(path, b"")
                 .with_context(|| format!("cannot create the store {}", path.display()))?;
         }
-        let conn = Connection::open(path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open the store {}", path.display()))?;
         Store::init(conn).with_context(|| format!("store {}", path.display()))
     }
 
@@ -176,11 +177,14 @@ impl Store {
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
             let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(sql).with_context(|| format!("migration {}", index + 1))?;
+            tx.execute_batch(sql)
+                .with_context(|| format!("migration {}", index + 1))?;
             tx.pragma_update(None, "user_version", (index + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -194,13 +198,18 @@ impl Store {
     pub fn owner_id(&self) -> anyhow::Result<String> {
         let conn = self.lock();
         if let Some(id) = conn
-            .query_row("SELECT value FROM meta WHERE key = 'owner_id'", [], |r| r.get::<_, String>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'owner_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
         {
             return Ok(id);
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        conn.execute("INSERT INTO meta (key, value) VALUES ('owner_id', ?1)", [&id])?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('owner_id', ?1)",
+            [&id],
+        )?;
         Ok(id)
     }
 
@@ -216,12 +225,25 @@ impl Store {
                 r.busy_since_ms.map(|v| v as i64), r.reason, r.exit_code, r.detail
             ],
         )?;
-        insert_event(&conn, r.created_ms, Some(&r.id), "created", &format!("pool {} scope {} job {:?}", r.pool, r.scope, r.job_id))?;
+        insert_event(
+            &conn,
+            r.created_ms,
+            Some(&r.id),
+            "created",
+            &format!("pool {} scope {} job {:?}", r.pool, r.scope, r.job_id),
+        )?;
         Ok(())
     }
 
     /// Moves an instance to `state`, recording the reason (for deletions) as an event.
-    pub fn set_state(&self, id: &str, state: InstanceState, now_ms: u64, reason: Option<&str>, detail: Option<&str>) -> anyhow::Result<()> {
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: InstanceState,
+        now_ms: u64,
+        reason: Option<&str>,
+        detail: Option<&str>,
+    ) -> anyhow::Result<()> {
         let conn = self.lock();
         conn.execute(
             "UPDATE instances SET state = ?2, state_since_ms = ?3,
@@ -247,7 +269,10 @@ impl Store {
     }
 
     pub fn set_backend_ref(&self, id: &str, backend_ref: &str) -> anyhow::Result<()> {
-        self.lock().execute("UPDATE instances SET backend_ref = ?2 WHERE id = ?1", params![id, backend_ref])?;
+        self.lock().execute(
+            "UPDATE instances SET backend_ref = ?2 WHERE id = ?1",
+            params![id, backend_ref],
+        )?;
         Ok(())
     }
 
@@ -263,7 +288,12 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_exit(&self, id: &str, exit_code: Option<i32>, log_tail: Option<&str>) -> anyhow::Result<()> {
+    pub fn set_exit(
+        &self,
+        id: &str,
+        exit_code: Option<i32>,
+        log_tail: Option<&str>,
+    ) -> anyhow::Result<()> {
         self.lock().execute(
             "UPDATE instances SET exit_code = COALESCE(?2, exit_code), detail = COALESCE(?3, detail) WHERE id = ?1",
             params![id, exit_code, log_tail],
@@ -278,11 +308,17 @@ impl Store {
 
     /// The most recent `limit` removed instances, newest first.
     pub fn recent_gone(&self, limit: u32) -> anyhow::Result<Vec<InstanceRecord>> {
-        self.query_instances("WHERE state = 'gone' ORDER BY state_since_ms DESC LIMIT ?1", [limit])
+        self.query_instances(
+            "WHERE state = 'gone' ORDER BY state_since_ms DESC LIMIT ?1",
+            [limit],
+        )
     }
 
     pub fn instance(&self, id: &str) -> anyhow::Result<Option<InstanceRecord>> {
-        Ok(self.query_instances("WHERE id = ?1", [id])?.into_iter().next())
+        Ok(self
+            .query_instances("WHERE id = ?1", [id])?
+            .into_iter()
+            .next())
     }
 
     /// Counts of removed instances by reason (for the summary and tests).
@@ -291,15 +327,24 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM instances WHERE state = 'gone' GROUP BY 1 ORDER BY 1",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn total_instances(&self) -> anyhow::Result<u64> {
-        Ok(self.lock().query_row("SELECT COUNT(*) FROM instances", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
-    fn query_instances<P: rusqlite::Params>(&self, filter: &str, params: P) -> anyhow::Result<Vec<InstanceRecord>> {
+    fn query_instances<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> anyhow::Result<Vec<InstanceRecord>> {
         let conn = self.lock();
         let sql = format!(
             "SELECT id, pool, scope, backend, state, job_id, job_handle, job_attempt, runner_id, runner_name,
@@ -341,12 +386,23 @@ impl Store {
                 identity.name, identity.instance_id, now_ms as i64
             ],
         )?;
-        insert_event(&conn, now_ms, identity.instance_id.as_deref(), "identity_registered", &format!("runner {} ({})", identity.runner_id, identity.name))?;
+        insert_event(
+            &conn,
+            now_ms,
+            identity.instance_id.as_deref(),
+            "identity_registered",
+            &format!("runner {} ({})", identity.runner_id, identity.name),
+        )?;
         Ok(())
     }
 
     /// Lends a free identity of (pool, scope) to `instance_id`, atomically.
-    pub fn acquire_identity(&self, pool: &str, scope: &str, instance_id: &str) -> anyhow::Result<Option<Identity>> {
+    pub fn acquire_identity(
+        &self,
+        pool: &str,
+        scope: &str,
+        instance_id: &str,
+    ) -> anyhow::Result<Option<Identity>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let found = tx
@@ -368,7 +424,10 @@ impl Store {
             )
             .optional()?;
         if let Some(identity) = &found {
-            tx.execute("UPDATE identities SET instance_id = ?2 WHERE runner_id = ?1", params![identity.runner_id, instance_id])?;
+            tx.execute(
+                "UPDATE identities SET instance_id = ?2 WHERE runner_id = ?1",
+                params![identity.runner_id, instance_id],
+            )?;
         }
         tx.commit()?;
         Ok(found)
@@ -376,7 +435,10 @@ impl Store {
 
     /// Returns the identity lent to `instance_id` (if any) to the free set.
     pub fn release_identity(&self, instance_id: &str) -> anyhow::Result<()> {
-        self.lock().execute("UPDATE identities SET instance_id = NULL WHERE instance_id = ?1", [instance_id])?;
+        self.lock().execute(
+            "UPDATE identities SET instance_id = NULL WHERE instance_id = ?1",
+            [instance_id],
+        )?;
         Ok(())
     }
 
@@ -386,37 +448,65 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT pool, COUNT(*), COUNT(instance_id) FROM identities GROUP BY pool ORDER BY pool",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn all_identities(&self) -> anyhow::Result<Vec<IdentityRow>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT runner_id, pool, scope, instance_id FROM identities ORDER BY runner_id")?;
+        let mut stmt = conn.prepare(
+            "SELECT runner_id, pool, scope, instance_id FROM identities ORDER BY runner_id",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn forget_identity(&self, runner_id: i64) -> anyhow::Result<()> {
-        self.lock().execute("DELETE FROM identities WHERE runner_id = ?1", [runner_id])?;
+        self.lock()
+            .execute("DELETE FROM identities WHERE runner_id = ?1", [runner_id])?;
         Ok(())
     }
 
-    pub fn record_event(&self, now_ms: u64, instance_id: Option<&str>, kind: &str, detail: &str) -> anyhow::Result<()> {
+    pub fn record_event(
+        &self,
+        now_ms: u64,
+        instance_id: Option<&str>,
+        kind: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
         insert_event(&self.lock(), now_ms, instance_id, kind, detail)
     }
 
     pub fn recent_events(&self, limit: u32) -> anyhow::Result<Vec<Event>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT ts_ms, instance_id, kind, detail FROM events ORDER BY id DESC LIMIT ?1")?;
+        let mut stmt = conn.prepare(
+            "SELECT ts_ms, instance_id, kind, detail FROM events ORDER BY id DESC LIMIT ?1",
+        )?;
         let rows = stmt.query_map([limit], |r| {
-            Ok(Event { ts_ms: r.get::<_, i64>(0)? as u64, instance_id: r.get(1)?, kind: r.get(2)?, detail: r.get(3)? })
+            Ok(Event {
+                ts_ms: r.get::<_, i64>(0)? as u64,
+                instance_id: r.get(1)?,
+                kind: r.get(2)?,
+                detail: r.get(3)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
-fn insert_event(conn: &Connection, ts_ms: u64, instance_id: Option<&str>, kind: &str, detail: &str) -> anyhow::Result<()> {
+fn insert_event(
+    conn: &Connection,
+    ts_ms: u64,
+    instance_id: Option<&str>,
+    kind: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
     conn.execute(
         "INSERT INTO events (ts_ms, instance_id, kind, detail) VALUES (?1, ?2, ?3, ?4)",
         params![ts_ms as i64, instance_id, kind, detail],
@@ -454,12 +544,24 @@ mod tests {
     fn instance_lifecycle_is_recorded() {
         let store = Store::open_in_memory().unwrap();
         store.insert_instance(&record("a")).unwrap();
-        store.set_state("a", InstanceState::Running, 5, None, None).unwrap();
+        store
+            .set_state("a", InstanceState::Running, 5, None, None)
+            .unwrap();
         assert_eq!(store.live_instances().unwrap().len(), 1);
-        store.set_state("a", InstanceState::Gone, 9, Some("job_done"), None).unwrap();
+        store
+            .set_state("a", InstanceState::Gone, 9, Some("job_done"), None)
+            .unwrap();
         assert!(store.live_instances().unwrap().is_empty());
-        assert_eq!(store.gone_by_reason().unwrap(), vec![("job_done".to_string(), 1)]);
-        let kinds: Vec<_> = store.recent_events(10).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            store.gone_by_reason().unwrap(),
+            vec![("job_done".to_string(), 1)]
+        );
+        let kinds: Vec<_> = store
+            .recent_events(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, ["gone", "running", "created"]);
     }
 
@@ -479,7 +581,15 @@ mod tests {
         assert!(store.acquire_identity("p", "s", "i1").unwrap().is_some());
         assert!(store.acquire_identity("p", "s", "i2").unwrap().is_none());
         store.release_identity("i1").unwrap();
-        assert_eq!(store.acquire_identity("p", "s", "i2").unwrap().unwrap().token.expose(), "t");
+        assert_eq!(
+            store
+                .acquire_identity("p", "s", "i2")
+                .unwrap()
+                .unwrap()
+                .token
+                .expose(),
+            "t"
+        );
     }
 
     #[test]
@@ -495,6 +605,9 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.owner_id().unwrap(), owner);
         assert_eq!(store.live_instances().unwrap().len(), 1);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

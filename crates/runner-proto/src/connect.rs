@@ -23,7 +23,12 @@ pub enum Codec {
 impl Codec {
     /// The codec for a request `Content-Type`, or `None` for anything Connect unary does not define.
     pub fn from_content_type(value: &str) -> Option<Codec> {
-        let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             CONTENT_TYPE_PROTO => Some(Codec::Proto),
             CONTENT_TYPE_JSON => Some(Codec::Json),
@@ -68,7 +73,10 @@ impl Codec {
                 )
                 .and_then(|m| de.end().map(|()| m))
                 .map_err(|e| {
-                    ConnectError::new(Code::InvalidArgument, format!("unmarshal JSON message: {e}"))
+                    ConnectError::new(
+                        Code::InvalidArgument,
+                        format!("unmarshal JSON message: {e}"),
+                    )
                 })?;
                 dynamic.transcode_to::<M>().map_err(|e| {
                     ConnectError::new(Code::InvalidArgument, format!("unmarshal message: {e}"))
@@ -174,7 +182,10 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ConnectError { code, message: message.into() }
+        ConnectError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -187,7 +198,10 @@ impl ConnectError {
         serde_json::from_slice::<ConnectError>(body).unwrap_or_else(|_| {
             let text = String::from_utf8_lossy(body);
             let snippet: String = text.chars().take(200).collect();
-            ConnectError::new(Code::from_http_status(status), format!("HTTP {status}: {snippet}"))
+            ConnectError::new(
+                Code::from_http_status(status),
+                format!("HTTP {status}: {snippet}"),
+            )
         })
     }
 }
@@ -199,25 +213,42 @@ mod tests {
 
     #[test]
     fn json_uses_camel_case_and_int64_strings() {
-        let log = UpdateLogRequest { task_id: 7, index: 2, rows: vec![], no_more: true };
+        let log = UpdateLogRequest {
+            task_id: 7,
+            index: 2,
+            rows: vec![],
+            no_more: true,
+        };
         let json = String::from_utf8(Codec::Json.encode(&log)).unwrap();
         assert_eq!(json, r#"{"taskId":"7","index":"2","noMore":true}"#);
     }
 
     #[test]
     fn json_accepts_both_spellings_and_numbers() {
-        let a: UpdateLogRequest = Codec::Json.decode(br#"{"task_id": 7, "no_more": true}"#).unwrap();
-        let b: UpdateLogRequest = Codec::Json.decode(br#"{"taskId": "7", "noMore": true}"#).unwrap();
+        let a: UpdateLogRequest = Codec::Json
+            .decode(br#"{"task_id": 7, "no_more": true}"#)
+            .unwrap();
+        let b: UpdateLogRequest = Codec::Json
+            .decode(br#"{"taskId": "7", "noMore": true}"#)
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.task_id, 7);
     }
 
     #[test]
     fn proto_round_trip_keeps_optional_presence() {
-        let req = FetchTaskRequest { tasks_version: 3, task_capacity: Some(1) };
+        let req = FetchTaskRequest {
+            tasks_version: 3,
+            task_capacity: Some(1),
+        };
         let back: FetchTaskRequest = Codec::Proto.decode(&Codec::Proto.encode(&req)).unwrap();
         assert_eq!(back, req);
-        let runner = Runner { id: 1, uuid: "u".into(), ephemeral: true, ..Default::default() };
+        let runner = Runner {
+            id: 1,
+            uuid: "u".into(),
+            ephemeral: true,
+            ..Default::default()
+        };
         let back: Runner = Codec::Json.decode(&Codec::Json.encode(&runner)).unwrap();
         assert_eq!(back, runner);
     }
@@ -228,20 +259,31 @@ mod tests {
             let err = Codec::Json.decode::<UpdateLogRequest>(body).unwrap_err();
             assert_eq!(err.code, Code::InvalidArgument, "{body:?}");
         }
-        let err = Codec::Proto.decode::<UpdateLogRequest>(&[0xff, 0xff, 0xff]).unwrap_err();
+        let err = Codec::Proto
+            .decode::<UpdateLogRequest>(&[0xff, 0xff, 0xff])
+            .unwrap_err();
         assert_eq!(err.code, Code::InvalidArgument);
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(Codec::from_content_type("application/proto"), Some(Codec::Proto));
-        assert_eq!(Codec::from_content_type("application/json; charset=utf-8"), Some(Codec::Json));
+        assert_eq!(
+            Codec::from_content_type("application/proto"),
+            Some(Codec::Proto)
+        );
+        assert_eq!(
+            Codec::from_content_type("application/json; charset=utf-8"),
+            Some(Codec::Json)
+        );
         assert_eq!(Codec::from_content_type("text/plain"), None);
     }
 
     #[test]
     fn error_body_fallback() {
-        let e = ConnectError::from_response(401, br#"{"code":"unauthenticated","message":"unregistered runner"}"#);
+        let e = ConnectError::from_response(
+            401,
+            br#"{"code":"unauthenticated","message":"unregistered runner"}"#,
+        );
         assert_eq!(e.code, Code::Unauthenticated);
         let e = ConnectError::from_response(502, b"<html>bad gateway</html>");
         assert_eq!(e.code, Code::Unavailable);

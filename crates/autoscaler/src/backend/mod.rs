@@ -22,7 +22,10 @@ pub struct InstanceFile {
 
 impl std::fmt::Debug for InstanceFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceFile").field("name", &self.name).field("secret", &self.secret).finish()
+        f.debug_struct("InstanceFile")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .finish()
     }
 }
 
@@ -54,7 +57,9 @@ pub struct ObservedInstance {
 pub enum InstanceStatus {
     Running,
     /// The runner exited; `code` when known.
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
 }
 
 /// What a removal found, for the record.
@@ -83,7 +88,11 @@ pub trait Backend: Send + Sync {
     fn create(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<String, BackendError>>;
     /// Stops and removes the instance (idempotent: an instance already gone is fine).
     /// `grace`: how long the runner gets to stop after a polite signal.
-    fn delete<'a>(&'a self, id: &'a str, grace: std::time::Duration) -> BoxFuture<'a, Result<Removal, BackendError>>;
+    fn delete<'a>(
+        &'a self,
+        id: &'a str,
+        grace: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Removal, BackendError>>;
     /// Every instance this autoscaler owns on this backend, running or exited.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>>;
 }
@@ -111,7 +120,9 @@ impl Backends {
     }
 
     /// Lists every backend; a failed listing is `Err` for that kind only.
-    pub async fn list_all(&self) -> BTreeMap<&'static str, Result<Vec<ObservedInstance>, BackendError>> {
+    pub async fn list_all(
+        &self,
+    ) -> BTreeMap<&'static str, Result<Vec<ObservedInstance>, BackendError>> {
         let mut out = BTreeMap::new();
         for (kind, backend) in &self.by_kind {
             out.insert(*kind, backend.list().await);

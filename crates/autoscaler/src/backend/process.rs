@@ -26,7 +26,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{Backend, BackendError, BoxFuture, InstanceSpec, InstanceStatus, ObservedInstance, Removal};
+use super::{
+    Backend, BackendError, BoxFuture, InstanceSpec, InstanceStatus, ObservedInstance, Removal,
+};
 
 /// Runs the runner, then records its exit code. `trap` keeps the shell alive when the process
 /// group gets SIGTERM so that it can still write the code after the runner stops; a caught
@@ -58,7 +60,12 @@ impl ProcessBackend {
         let logs_dir = state_dir.join("logs");
         create_private_dir(&instances_dir)?;
         create_private_dir(&logs_dir)?;
-        Ok(ProcessBackend { instances_dir, logs_dir, exited, children: Mutex::default() })
+        Ok(ProcessBackend {
+            instances_dir,
+            logs_dir,
+            exited,
+            children: Mutex::default(),
+        })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -66,7 +73,10 @@ impl ProcessBackend {
     }
 
     fn err(message: impl Into<String>) -> BackendError {
-        BackendError { backend: "process", message: message.into() }
+        BackendError {
+            backend: "process",
+            message: message.into(),
+        }
     }
 
     async fn create_instance(&self, spec: InstanceSpec) -> Result<String, BackendError> {
@@ -74,12 +84,21 @@ impl ProcessBackend {
             return Err(Self::err(format!("invalid instance id {:?}", spec.id)));
         }
         let dir = self.dir(&spec.id);
-        create_private_dir(&dir).map_err(|e| Self::err(format!("cannot create {}: {e}", dir.display())))?;
-        let mut meta = Meta { id: spec.id.clone(), pool: spec.pool.clone(), pid: None, start_ticks: None };
+        create_private_dir(&dir)
+            .map_err(|e| Self::err(format!("cannot create {}: {e}", dir.display())))?;
+        let mut meta = Meta {
+            id: spec.id.clone(),
+            pool: spec.pool.clone(),
+            pid: None,
+            start_ticks: None,
+        };
         write_meta(&dir, &meta)?;
         for file in &spec.files {
             if file.name.contains("..") || file.name.starts_with('/') {
-                return Err(Self::err(format!("instance file name {:?} escapes the work directory", file.name)));
+                return Err(Self::err(format!(
+                    "instance file name {:?} escapes the work directory",
+                    file.name
+                )));
             }
             let path = dir.join(&file.name);
             let result = if file.secret {
@@ -123,7 +142,9 @@ impl ProcessBackend {
         let mut child = command
             .spawn()
             .map_err(|e| Self::err(format!("cannot start {}: {e}", spec.program.display())))?;
-        let pid = child.id().ok_or_else(|| Self::err("the runner exited before it could be watched"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| Self::err("the runner exited before it could be watched"))?;
         meta.pid = Some(pid);
         meta.start_ticks = process_start_ticks(pid);
         write_meta(&dir, &meta)?;
@@ -157,9 +178,16 @@ impl ProcessBackend {
         let exit_code = read_exit_code(&dir);
         let log_tail = tail(&dir.join("runner.log"), 4096, 20);
         let kept = self.logs_dir.join(format!("{id}.log"));
-        let log_path = std::fs::rename(dir.join("runner.log"), &kept).ok().map(|_| kept);
-        std::fs::remove_dir_all(&dir).map_err(|e| Self::err(format!("cannot remove {}: {e}", dir.display())))?;
-        Ok(Removal { exit_code, log_tail, log_path })
+        let log_path = std::fs::rename(dir.join("runner.log"), &kept)
+            .ok()
+            .map(|_| kept);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Self::err(format!("cannot remove {}: {e}", dir.display())))?;
+        Ok(Removal {
+            exit_code,
+            log_tail,
+            log_path,
+        })
     }
 
     fn list_instances(&self) -> Result<Vec<ObservedInstance>, BackendError> {
@@ -168,10 +196,17 @@ impl ProcessBackend {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let dir = entry.path();
-            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
             // A directory without a readable marker was not (fully) created by us: an instance
             // interrupted before its marker was written. Listed so that it gets collected.
-            let meta = read_meta(&dir).unwrap_or(Meta { id: id.clone(), pool: String::new(), pid: None, start_ticks: None });
+            let meta = read_meta(&dir).unwrap_or(Meta {
+                id: id.clone(),
+                pool: String::new(),
+                pid: None,
+                start_ticks: None,
+            });
             let status = match (read_exit_code(&dir), meta.pid) {
                 (Some(code), _) => InstanceStatus::Exited { code: Some(code) },
                 (None, Some(pid)) if is_alive(pid, meta.start_ticks) => InstanceStatus::Running,
@@ -202,7 +237,11 @@ impl Backend for ProcessBackend {
         Box::pin(self.create_instance(spec))
     }
 
-    fn delete<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, Result<Removal, BackendError>> {
+    fn delete<'a>(
+        &'a self,
+        id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<Removal, BackendError>> {
         Box::pin(self.delete_instance(id, grace))
     }
 
@@ -213,12 +252,19 @@ impl Backend for ProcessBackend {
 
 /// Instance ids become directory names: letters, digits, `-` and `_` only.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BackendError> {
@@ -235,7 +281,11 @@ fn read_meta(dir: &Path) -> Result<Meta, String> {
 }
 
 fn read_exit_code(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("exit-code")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join("exit-code"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name, which may hold spaces).
@@ -247,8 +297,12 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 
 /// Alive and the same process (start time matches); zombies count as dead.
 fn is_alive(pid: u32, start_ticks: Option<u64>) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some(close) = stat.rfind(')') else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
     let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
     if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
         return false;
@@ -271,12 +325,20 @@ fn session_members(leader: u32, leader_start: Option<u64>) -> Vec<u32> {
             return Vec::new();
         }
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut members = Vec::new();
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         // Fields after the command name: state, ppid, pgrp, session, ..., starttime (index 19).
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let state = fields.first().copied().unwrap_or("X");
@@ -304,7 +366,9 @@ async fn stop_session(leader: u32, leader_start: Option<u64>, grace: Duration) {
         return;
     }
     let deadline = tokio::time::Instant::now() + grace;
-    while !session_members(leader, leader_start).is_empty() && tokio::time::Instant::now() < deadline {
+    while !session_members(leader, leader_start).is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if signal_all(libc::SIGKILL) {
@@ -321,7 +385,8 @@ async fn stop_session(leader: u32, leader_start: Option<u64>, grace: Duration) {
 fn tail(path: &Path, max_bytes: u64, lines: usize) -> Option<String> {
     let mut file = std::fs::File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).ok()?;
+    file.seek(SeekFrom::Start(len.saturating_sub(max_bytes)))
+        .ok()?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
@@ -343,14 +408,27 @@ mod tests {
             pool: "p".into(),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
-            files: vec![InstanceFile { name: "token".into(), contents: b"s3cret".to_vec(), secret: true }],
+            files: vec![InstanceFile {
+                name: "token".into(),
+                contents: b"s3cret".to_vec(),
+                secret: true,
+            }],
             env: BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
         }
     }
 
-    async fn wait_for(backend: &ProcessBackend, id: &str, want: impl Fn(&InstanceStatus) -> bool) -> InstanceStatus {
+    async fn wait_for(
+        backend: &ProcessBackend,
+        id: &str,
+        want: impl Fn(&InstanceStatus) -> bool,
+    ) -> InstanceStatus {
         for _ in 0..200 {
-            if let Some(i) = backend.list_instances().unwrap().into_iter().find(|i| i.id == id) {
+            if let Some(i) = backend
+                .list_instances()
+                .unwrap()
+                .into_iter()
+                .find(|i| i.id == id)
+            {
                 if want(&i.status) {
                     return i.status;
                 }
@@ -366,14 +444,33 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let backend = ProcessBackend::new(state.path(), Arc::default()).unwrap();
         std::env::set_var("AUTOSCALER_TEST_SECRET", "must-not-leak");
-        backend.create_instance(spec("a", "env > env.txt; exit 3")).await.unwrap();
-        let status = wait_for(&backend, "a", |s| matches!(s, InstanceStatus::Exited { .. })).await;
+        backend
+            .create_instance(spec("a", "env > env.txt; exit 3"))
+            .await
+            .unwrap();
+        let status = wait_for(&backend, "a", |s| {
+            matches!(s, InstanceStatus::Exited { .. })
+        })
+        .await;
         assert_eq!(status, InstanceStatus::Exited { code: Some(3) });
         let dir = state.path().join("instances/a");
         let env = std::fs::read_to_string(dir.join("env.txt")).unwrap();
-        assert!(!env.contains("must-not-leak"), "the autoscaler's environment leaked: {env}");
-        assert_eq!(std::fs::metadata(dir.join("token")).unwrap().permissions().mode() & 0o777, 0o600);
-        let removal = backend.delete_instance("a", Duration::from_secs(1)).await.unwrap();
+        assert!(
+            !env.contains("must-not-leak"),
+            "the autoscaler's environment leaked: {env}"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.join("token"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let removal = backend
+            .delete_instance("a", Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(removal.exit_code, Some(3));
         assert!(!dir.exists());
         assert!(backend.list_instances().unwrap().is_empty());
@@ -384,7 +481,10 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let backend = ProcessBackend::new(state.path(), Arc::default()).unwrap();
         // The runner starts a grandchild that would outlive a plain kill of the runner.
-        backend.create_instance(spec("b", "sleep 300 & echo $! > grandchild; wait")).await.unwrap();
+        backend
+            .create_instance(spec("b", "sleep 300 & echo $! > grandchild; wait"))
+            .await
+            .unwrap();
         wait_for(&backend, "b", |s| *s == InstanceStatus::Running).await;
         let grandchild_file = state.path().join("instances/b/grandchild");
         for _ in 0..100 {
@@ -393,10 +493,20 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let grandchild: u32 = std::fs::read_to_string(&grandchild_file).unwrap().trim().parse().unwrap();
-        backend.delete_instance("b", Duration::from_secs(2)).await.unwrap();
+        let grandchild: u32 = std::fs::read_to_string(&grandchild_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        backend
+            .delete_instance("b", Duration::from_secs(2))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!is_alive(grandchild, None), "grandchild {grandchild} survived");
+        assert!(
+            !is_alive(grandchild, None),
+            "grandchild {grandchild} survived"
+        );
     }
 
     #[tokio::test]
@@ -405,15 +515,33 @@ mod tests {
         let backend = ProcessBackend::new(state.path(), Arc::default()).unwrap();
         // The runner dies (exit 137, as after SIGKILL) and leaves a child behind, the way a
         // SIGKILLed runner leaves its job step.
-        backend.create_instance(spec("d", "sleep 300 & echo $! > leftover; exit 137")).await.unwrap();
-        let status = wait_for(&backend, "d", |s| matches!(s, InstanceStatus::Exited { .. })).await;
+        backend
+            .create_instance(spec("d", "sleep 300 & echo $! > leftover; exit 137"))
+            .await
+            .unwrap();
+        let status = wait_for(&backend, "d", |s| {
+            matches!(s, InstanceStatus::Exited { .. })
+        })
+        .await;
         assert_eq!(status, InstanceStatus::Exited { code: Some(137) });
-        let leftover: u32 =
-            std::fs::read_to_string(state.path().join("instances/d/leftover")).unwrap().trim().parse().unwrap();
-        assert!(is_alive(leftover, None), "the leftover runs before the removal");
-        backend.delete_instance("d", Duration::from_secs(2)).await.unwrap();
+        let leftover: u32 = std::fs::read_to_string(state.path().join("instances/d/leftover"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            is_alive(leftover, None),
+            "the leftover runs before the removal"
+        );
+        backend
+            .delete_instance("d", Duration::from_secs(2))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!is_alive(leftover, None), "leftover {leftover} survived the removal");
+        assert!(
+            !is_alive(leftover, None),
+            "leftover {leftover} survived the removal"
+        );
     }
 
     #[tokio::test]
@@ -427,7 +555,10 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].status, InstanceStatus::Running);
         assert_eq!(listed[0].pool.as_deref(), Some("p"));
-        second.delete_instance("c", Duration::from_secs(2)).await.unwrap();
+        second
+            .delete_instance("c", Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(second.list_instances().unwrap().is_empty());
     }
 

@@ -43,7 +43,9 @@ pub struct ForgejoClient {
 
 impl std::fmt::Debug for ForgejoClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForgejoClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("ForgejoClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +77,10 @@ impl ForgejoClient {
     }
 
     pub fn with_token(&self, token: Secret) -> ForgejoClient {
-        ForgejoClient { token: Some(token), ..self.clone() }
+        ForgejoClient {
+            token: Some(token),
+            ..self.clone()
+        }
     }
 
     pub fn request_counts(&self) -> RequestCounts {
@@ -119,10 +124,19 @@ impl ForgejoClient {
         struct Token {
             sha1: String,
         }
-        let call = Call::new(Method::POST, format!("/users/{}/tokens", seg(user)), "/users/{username}/tokens");
+        let call = Call::new(
+            Method::POST,
+            format!("/users/{}/tokens", seg(user)),
+            "/users/{username}/tokens",
+        );
         let basic = (user.to_string(), password.clone());
         let token: Token = self
-            .send_json(call, Some(&Body { name, scopes }), Retry::Rejected, Some(basic))
+            .send_json(
+                call,
+                Some(&Body { name, scopes }),
+                Retry::Rejected,
+                Some(basic),
+            )
             .await?;
         Ok(Secret::new(token.sha1))
     }
@@ -136,9 +150,10 @@ impl ForgejoClient {
         labels: Option<&[String]>,
     ) -> Result<Vec<Job>, ForgejoError> {
         let (path, template) = match scope {
-            ApiScope::Instance if version >= ForgejoVersion::V15 => {
-                ("/admin/actions/runners/jobs".to_string(), "/admin/actions/runners/jobs".to_string())
-            }
+            ApiScope::Instance if version >= ForgejoVersion::V15 => (
+                "/admin/actions/runners/jobs".to_string(),
+                "/admin/actions/runners/jobs".to_string(),
+            ),
             ApiScope::Instance => ("/admin/runners/jobs".into(), "/admin/runners/jobs".into()),
             _ => scoped(scope, "/actions/runners/jobs"),
         };
@@ -163,7 +178,13 @@ impl ForgejoClient {
             ),
             _ => scoped(scope, "/actions/runners/registration-token"),
         };
-        let t: T = self.json(Call::new(Method::GET, path, &template), None::<&()>, Retry::Idempotent).await?;
+        let t: T = self
+            .json(
+                Call::new(Method::GET, path, &template),
+                None::<&()>,
+                Retry::Idempotent,
+            )
+            .await?;
         Ok(Secret::new(t.token))
     }
 
@@ -189,9 +210,21 @@ impl ForgejoClient {
         }
         let (path, template) = runners_path(scope, "");
         let created: Created = self
-            .json(Call::new(Method::POST, path, &template), Some(&Body { name, description, ephemeral }), Retry::Rejected)
+            .json(
+                Call::new(Method::POST, path, &template),
+                Some(&Body {
+                    name,
+                    description,
+                    ephemeral,
+                }),
+                Retry::Rejected,
+            )
             .await?;
-        Ok(CreatedRunner { id: created.id, uuid: created.uuid, token: Secret::new(created.token) })
+        Ok(CreatedRunner {
+            id: created.id,
+            uuid: created.uuid,
+            token: Secret::new(created.token),
+        })
     }
 
     /// Forgejo 15: every runner directly owned by `scope`, all pages.
@@ -203,7 +236,8 @@ impl ForgejoClient {
             let mut call = Call::new(Method::GET, path, &template);
             call.query.push(("page", page.to_string()));
             call.query.push(("limit", LIMIT.to_string()));
-            let batch: Option<Vec<RunnerInfo>> = self.json(call, None::<&()>, Retry::Idempotent).await?;
+            let batch: Option<Vec<RunnerInfo>> =
+                self.json(call, None::<&()>, Retry::Idempotent).await?;
             let batch = batch.unwrap_or_default();
             let done = batch.len() < LIMIT;
             all.extend(batch);
@@ -215,9 +249,20 @@ impl ForgejoClient {
     }
 
     /// Forgejo 15: `GET {scope}/actions/runners/{id}`; `None` when it does not exist (404).
-    pub async fn get_runner(&self, scope: &ApiScope, id: i64) -> Result<Option<RunnerInfo>, ForgejoError> {
+    pub async fn get_runner(
+        &self,
+        scope: &ApiScope,
+        id: i64,
+    ) -> Result<Option<RunnerInfo>, ForgejoError> {
         let (path, template) = runners_path(scope, &format!("/{id}"));
-        match self.json(Call::new(Method::GET, path, &template), None::<&()>, Retry::Idempotent).await {
+        match self
+            .json(
+                Call::new(Method::GET, path, &template),
+                None::<&()>,
+                Retry::Idempotent,
+            )
+            .await
+        {
             Ok(runner) => Ok(Some(runner)),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
@@ -242,7 +287,12 @@ impl ForgejoClient {
         template: &str,
         body: &B,
     ) -> Result<T, ForgejoError> {
-        self.json(Call::new(Method::POST, path.to_string(), template), Some(body), Retry::Rejected).await
+        self.json(
+            Call::new(Method::POST, path.to_string(), template),
+            Some(body),
+            Retry::Rejected,
+        )
+        .await
     }
 
     async fn json<B: Serialize, T: DeserializeOwned>(
@@ -263,7 +313,10 @@ impl ForgejoClient {
     ) -> Result<T, ForgejoError> {
         let endpoint = format!("{} {}", call.method, call.template);
         let bytes = self.send(call, body, retry, basic).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ForgejoError::Decode { endpoint, detail: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| ForgejoError::Decode {
+            endpoint,
+            detail: e.to_string(),
+        })
     }
 
     async fn send<B: Serialize>(
@@ -274,7 +327,11 @@ impl ForgejoClient {
         basic: Option<(String, Secret)>,
     ) -> Result<bytes::Bytes, ForgejoError> {
         let endpoint = format!("{} {}", call.method, call.template);
-        let policy = if retry == Retry::Never { RetryPolicy::none() } else { self.retry };
+        let policy = if retry == Retry::Never {
+            RetryPolicy::none()
+        } else {
+            self.retry
+        };
         let retryable = |e: &ForgejoError| match retry {
             Retry::Idempotent => e.is_transient(),
             // A POST that may have been processed must not be repeated: only statuses that
@@ -294,7 +351,8 @@ impl ForgejoClient {
                 if let Some((user, password)) = &basic {
                     request = request.basic_auth(user, Some(password.expose()));
                 } else if let Some(token) = &self.token {
-                    request = request.header(header::AUTHORIZATION, format!("token {}", token.expose()));
+                    request =
+                        request.header(header::AUTHORIZATION, format!("token {}", token.expose()));
                 }
                 if let Some(body) = body {
                     request = request.json(body);
@@ -306,7 +364,11 @@ impl ForgejoClient {
             .await
     }
 
-    async fn execute(&self, endpoint: &str, request: reqwest::RequestBuilder) -> Result<bytes::Bytes, ForgejoError> {
+    async fn execute(
+        &self,
+        endpoint: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, ForgejoError> {
         let transport = |e: reqwest::Error| ForgejoError::Transport {
             endpoint: endpoint.to_string(),
             detail: describe_transport_error(&e),
@@ -335,7 +397,10 @@ impl ForgejoClient {
     fn count(&self, endpoint: &str, result: &Result<bytes::Bytes, ForgejoError>) {
         let status = match result {
             Ok(_) => "2xx".to_string(),
-            Err(e) => e.status().map(|s| s.to_string()).unwrap_or_else(|| "error".into()),
+            Err(e) => e
+                .status()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "error".into()),
         };
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry((endpoint.to_string(), status)).or_default() += 1;
@@ -353,7 +418,12 @@ enum Retry {
 
 impl<'a> Call<'a> {
     fn new(method: Method, path: String, template: &str) -> Call<'a> {
-        Call { method, path, template: template.to_string(), query: Vec::new() }
+        Call {
+            method,
+            path,
+            template: template.to_string(),
+            query: Vec::new(),
+        }
     }
     fn get(path: &str, template: &str) -> Call<'a> {
         Call::new(Method::GET, path.to_string(), template)
@@ -364,7 +434,10 @@ impl<'a> Call<'a> {
 fn scoped(scope: &ApiScope, suffix: &str) -> (String, String) {
     match scope {
         ApiScope::Instance => (format!("/admin{suffix}"), format!("/admin{suffix}")),
-        ApiScope::Org(org) => (format!("/orgs/{}{suffix}", seg(org)), format!("/orgs/{{org}}{suffix}")),
+        ApiScope::Org(org) => (
+            format!("/orgs/{}{suffix}", seg(org)),
+            format!("/orgs/{{org}}{suffix}"),
+        ),
         ApiScope::User => (format!("/user{suffix}"), format!("/user{suffix}")),
         ApiScope::Repo { owner, name } => (
             format!("/repos/{}/{}{suffix}", seg(owner), seg(name)),
@@ -375,11 +448,17 @@ fn scoped(scope: &ApiScope, suffix: &str) -> (String, String) {
 
 fn runners_path(scope: &ApiScope, rest: &str) -> (String, String) {
     let (path, template) = match scope {
-        ApiScope::Instance => ("/admin/actions/runners".to_string(), "/admin/actions/runners".to_string()),
+        ApiScope::Instance => (
+            "/admin/actions/runners".to_string(),
+            "/admin/actions/runners".to_string(),
+        ),
         _ => scoped(scope, "/actions/runners"),
     };
     let template_rest = if rest.is_empty() { "" } else { "/{runner_id}" };
-    (format!("{path}{rest}"), format!("{template}{template_rest}"))
+    (
+        format!("{path}{rest}"),
+        format!("{template}{template_rest}"),
+    )
 }
 
 /// Percent-encodes one path segment.
@@ -407,7 +486,10 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
             let text = String::from_utf8_lossy(body);
             let excerpt: String = text.trim().chars().take(160).collect();
             if excerpt.is_empty() {
-                status.canonical_reason().unwrap_or("no message").to_string()
+                status
+                    .canonical_reason()
+                    .unwrap_or("no message")
+                    .to_string()
             } else {
                 excerpt
             }
@@ -432,7 +514,11 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         detail = s.to_string();
         source = s.source();
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
 }
 
 fn load_ca(path: &Path) -> anyhow::Result<reqwest::Certificate> {
@@ -448,15 +534,36 @@ mod tests {
 
     #[test]
     fn paths_per_scope_and_version() {
-        let repo = ApiScope::Repo { owner: "root".into(), name: "on demand".into() };
-        assert_eq!(scoped(&repo, "/actions/runners/jobs").0, "/repos/root/on%20demand/actions/runners/jobs");
-        assert_eq!(runners_path(&ApiScope::Instance, "/5"), ("/admin/actions/runners/5".into(), "/admin/actions/runners/{runner_id}".into()));
-        assert_eq!(runners_path(&ApiScope::Org("o".into()), "").1, "/orgs/{org}/actions/runners");
+        let repo = ApiScope::Repo {
+            owner: "root".into(),
+            name: "on demand".into(),
+        };
+        assert_eq!(
+            scoped(&repo, "/actions/runners/jobs").0,
+            "/repos/root/on%20demand/actions/runners/jobs"
+        );
+        assert_eq!(
+            runners_path(&ApiScope::Instance, "/5"),
+            (
+                "/admin/actions/runners/5".into(),
+                "/admin/actions/runners/{runner_id}".into()
+            )
+        );
+        assert_eq!(
+            runners_path(&ApiScope::Org("o".into()), "").1,
+            "/orgs/{org}/actions/runners"
+        );
     }
 
     #[test]
     fn error_messages_prefer_the_api_message() {
-        assert_eq!(error_message(StatusCode::FORBIDDEN, br#"{"message":"token does not have at least one of required scope(s)","url":"x"}"#), "token does not have at least one of required scope(s)");
+        assert_eq!(
+            error_message(
+                StatusCode::FORBIDDEN,
+                br#"{"message":"token does not have at least one of required scope(s)","url":"x"}"#
+            ),
+            "token does not have at least one of required scope(s)"
+        );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
     }
 }

@@ -30,12 +30,18 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     pub fn none() -> RetryPolicy {
-        RetryPolicy { attempts: 1, ..RetryPolicy::default() }
+        RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        }
     }
 
     /// Delay before try number `attempt` (1 = the first retry).
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1 << attempt.min(16)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay);
         let millis = ceiling.as_millis() as u64;
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
     }
@@ -77,7 +83,12 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn status(code: u16, retry_after: Option<Duration>) -> ForgejoError {
-        ForgejoError::Status { endpoint: "GET /x".into(), status: code, message: String::new(), retry_after }
+        ForgejoError::Status {
+            endpoint: "GET /x".into(),
+            status: code,
+            message: String::new(),
+            retry_after,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -85,7 +96,11 @@ mod tests {
         let calls = AtomicU32::new(0);
         let result = RetryPolicy::default()
             .run(ForgejoError::is_transient, || async {
-                if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(status(503, None)) } else { Ok(7) }
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(status(503, None))
+                } else {
+                    Ok(7)
+                }
             })
             .await;
         assert_eq!(result.unwrap(), 7);

@@ -95,10 +95,17 @@ impl std::str::FromStr for ApiScope {
         match s.split_once(':') {
             None if s == "instance" => Ok(ApiScope::Instance),
             None if s == "user" => Ok(ApiScope::User),
-            Some(("org", org)) if !org.is_empty() && !org.contains('/') => Ok(ApiScope::Org(org.into())),
+            Some(("org", org)) if !org.is_empty() && !org.contains('/') => {
+                Ok(ApiScope::Org(org.into()))
+            }
             Some(("repo", full)) => match full.split_once('/') {
-                Some((owner, name)) if !owner.is_empty() && !name.is_empty() && !name.contains('/') => {
-                    Ok(ApiScope::Repo { owner: owner.into(), name: name.into() })
+                Some((owner, name))
+                    if !owner.is_empty() && !name.is_empty() && !name.contains('/') =>
+                {
+                    Ok(ApiScope::Repo {
+                        owner: owner.into(),
+                        name: name.into(),
+                    })
                 }
                 _ => Err(bad()),
             },
@@ -112,9 +119,18 @@ impl std::str::FromStr for ApiScope {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ForgejoError {
     #[error("{endpoint}: cannot reach Forgejo: {detail}")]
-    Transport { endpoint: String, detail: String, timed_out: bool },
+    Transport {
+        endpoint: String,
+        detail: String,
+        timed_out: bool,
+    },
     #[error("{endpoint}: Forgejo answered {status}: {message}")]
-    Status { endpoint: String, status: u16, message: String, retry_after: Option<Duration> },
+    Status {
+        endpoint: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{endpoint}: unexpected response body: {detail}")]
     Decode { endpoint: String, detail: String },
     #[error("runner protocol {procedure}: {detail}")]
@@ -127,7 +143,9 @@ impl ForgejoError {
     pub fn is_transient(&self) -> bool {
         match self {
             ForgejoError::Transport { .. } | ForgejoError::Decode { .. } => true,
-            ForgejoError::Status { status, .. } => *status == 429 || *status == 408 || *status >= 500,
+            ForgejoError::Status { status, .. } => {
+                *status == 429 || *status == 408 || *status >= 500
+            }
             ForgejoError::Rpc { .. } => false,
         }
     }
@@ -156,7 +174,15 @@ mod tests {
         for s in ["instance", "user", "org:acme", "repo:root/on-demand"] {
             assert_eq!(s.parse::<ApiScope>().unwrap().to_string(), s);
         }
-        for bad in ["", "org:", "repo:x", "repo:/x", "repo:a/b/c", "group:x", "Instance"] {
+        for bad in [
+            "",
+            "org:",
+            "repo:x",
+            "repo:/x",
+            "repo:a/b/c",
+            "group:x",
+            "Instance",
+        ] {
             assert!(bad.parse::<ApiScope>().is_err(), "{bad}");
         }
     }

@@ -48,7 +48,9 @@ impl FromStr for ForgejoVersion {
             "13" => Ok(ForgejoVersion::V13),
             "14" => Ok(ForgejoVersion::V14),
             "15" => Ok(ForgejoVersion::V15),
-            other => Err(format!("unknown Forgejo version {other:?}: expected 13, 14 or 15")),
+            other => Err(format!(
+                "unknown Forgejo version {other:?}: expected 13, 14 or 15"
+            )),
         }
     }
 }
@@ -70,10 +72,22 @@ mod tests {
 
     #[test]
     fn server_strings() {
-        assert_eq!(ForgejoVersion::from_server_string("13.0.5+gitea-1.22.0"), Some(ForgejoVersion::V13));
-        assert_eq!(ForgejoVersion::from_server_string("14.0.5"), Some(ForgejoVersion::V14));
-        assert_eq!(ForgejoVersion::from_server_string("15.0.3+gitea-1.22.0"), Some(ForgejoVersion::V15));
-        assert_eq!(ForgejoVersion::from_server_string("17.0.0-dev-123"), Some(ForgejoVersion::V15));
+        assert_eq!(
+            ForgejoVersion::from_server_string("13.0.5+gitea-1.22.0"),
+            Some(ForgejoVersion::V13)
+        );
+        assert_eq!(
+            ForgejoVersion::from_server_string("14.0.5"),
+            Some(ForgejoVersion::V14)
+        );
+        assert_eq!(
+            ForgejoVersion::from_server_string("15.0.3+gitea-1.22.0"),
+            Some(ForgejoVersion::V15)
+        );
+        assert_eq!(
+            ForgejoVersion::from_server_string("17.0.0-dev-123"),
+            Some(ForgejoVersion::V15)
+        );
         assert_eq!(ForgejoVersion::from_server_string("garbage"), None);
         assert!(ForgejoVersion::V15.capabilities().runners_api);
         assert!(ForgejoVersion::V13.capabilities().jobs_need_label_superset);

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig};
+use proptest::prelude::{
+    any, prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig,
+};
 use proptest::strategy::Strategy as Gen;
 
 use super::*;
@@ -25,7 +27,10 @@ fn job(id: i64, labels: &[&str], status: JobStatus, handle: Option<&str>) -> Job
 }
 
 fn scope() -> ApiScope {
-    ApiScope::Repo { owner: "root".into(), name: "on-demand".into() }
+    ApiScope::Repo {
+        owner: "root".into(),
+        name: "on-demand".into(),
+    }
 }
 
 fn instance(id: &str, job_id: Option<i64>, state: InstanceState) -> InstanceView {
@@ -51,7 +56,10 @@ fn observed(strategy: Strategy, jobs: Vec<Job>, instances: Vec<InstanceView>) ->
     Observed {
         now_ms: MIN,
         strategy,
-        jobs: vec![ScopeJobs { scope: scope(), jobs: Some(jobs) }],
+        jobs: vec![ScopeJobs {
+            scope: scope(),
+            jobs: Some(jobs),
+        }],
         instances,
         orphan_instances: vec![],
         orphan_runners: vec![],
@@ -87,17 +95,31 @@ fn deletes(plan: &Plan) -> Vec<(String, Reason)> {
 
 #[test]
 fn one_instance_per_waiting_job_oldest_first_up_to_the_cap() {
-    let jobs = (1..=5).rev().map(|id| job(id, &["trixie"], JobStatus::Waiting, None)).collect();
-    let plan = plan(&observed(Strategy::Identities, jobs, vec![]), &pools(), Limits { max_runners: 10 });
+    let jobs = (1..=5)
+        .rev()
+        .map(|id| job(id, &["trixie"], JobStatus::Waiting, None))
+        .collect();
+    let plan = plan(
+        &observed(Strategy::Identities, jobs, vec![]),
+        &pools(),
+        Limits { max_runners: 10 },
+    );
     assert_eq!(creates(&plan), vec![1, 2, 3]);
     assert_eq!(plan.pools["debian"].blocked_by_cap, 2);
 }
 
 #[test]
 fn running_jobs_and_covered_jobs_get_nothing() {
-    let jobs = vec![job(1, &["trixie"], JobStatus::Running, None), job(2, &["trixie"], JobStatus::Waiting, None)];
+    let jobs = vec![
+        job(1, &["trixie"], JobStatus::Running, None),
+        job(2, &["trixie"], JobStatus::Waiting, None),
+    ];
     let plan = plan(
-        &observed(Strategy::Identities, jobs, vec![instance("a", Some(2), InstanceState::Starting)]),
+        &observed(
+            Strategy::Identities,
+            jobs,
+            vec![instance("a", Some(2), InstanceState::Starting)],
+        ),
         &pools(),
         Limits { max_runners: 10 },
     );
@@ -107,7 +129,11 @@ fn running_jobs_and_covered_jobs_get_nothing() {
 #[test]
 fn unmatched_jobs_are_reported_not_served() {
     let jobs = vec![job(1, &["windows"], JobStatus::Waiting, None)];
-    let plan = plan(&observed(Strategy::Identities, jobs, vec![]), &pools(), Limits { max_runners: 10 });
+    let plan = plan(
+        &observed(Strategy::Identities, jobs, vec![]),
+        &pools(),
+        Limits { max_runners: 10 },
+    );
     assert!(creates(&plan).is_empty());
     assert_eq!(plan.unmatched.len(), 1);
     assert_eq!(plan.unmatched[0].runs_on, vec!["windows".to_string()]);
@@ -115,9 +141,18 @@ fn unmatched_jobs_are_reported_not_served() {
 
 #[test]
 fn global_cap_counts_starting_and_deleting_instances() {
-    let jobs = (1..=3).map(|id| job(id, &["trixie"], JobStatus::Waiting, None)).collect();
-    let existing = vec![instance("a", None, InstanceState::Deleting), instance("b", Some(9), InstanceState::Starting)];
-    let plan = plan(&observed(Strategy::Identities, jobs, existing), &pools(), Limits { max_runners: 3 });
+    let jobs = (1..=3)
+        .map(|id| job(id, &["trixie"], JobStatus::Waiting, None))
+        .collect();
+    let existing = vec![
+        instance("a", None, InstanceState::Deleting),
+        instance("b", Some(9), InstanceState::Starting),
+    ];
+    let plan = plan(
+        &observed(Strategy::Identities, jobs, existing),
+        &pools(),
+        Limits { max_runners: 3 },
+    );
     assert_eq!(creates(&plan).len(), 1);
 }
 
@@ -129,7 +164,10 @@ fn a_job_gone_once_is_not_gone() {
     assert!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).is_empty());
     i.job_obs = JobObs::Absent { count: 2 };
     let o = observed(Strategy::Ephemeral, vec![], vec![i]);
-    assert_eq!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![("a".into(), Reason::JobGone)]);
+    assert_eq!(
+        deletes(&plan(&o, &pools(), Limits { max_runners: 5 })),
+        vec![("a".into(), Reason::JobGone)]
+    );
 }
 
 #[test]
@@ -153,7 +191,9 @@ fn deadlines_have_reasons() {
     busy.busy_since_ms = Some(0);
     let mut o = observed(Strategy::Ephemeral, vec![], vec![starting, idle, busy]);
     o.now_ms = 4 * 3600 * 1000;
-    let got: BTreeMap<_, _> = deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).into_iter().collect();
+    let got: BTreeMap<_, _> = deletes(&plan(&o, &pools(), Limits { max_runners: 5 }))
+        .into_iter()
+        .collect();
     assert_eq!(got["boot"], Reason::BootTimeout);
     assert_eq!(got["idle"], Reason::PickupTimeout);
     assert_eq!(got["busy"], Reason::JobTimeout);
@@ -177,7 +217,11 @@ fn exit_codes_of_one_job() {
         i.backend = BackendObs::Exited { code };
         i.busy_since_ms = busy.then_some(1);
         let o = observed(Strategy::Ephemeral, vec![], vec![i.clone()]);
-        assert_eq!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![("a".into(), reason)], "{code:?}");
+        assert_eq!(
+            deletes(&plan(&o, &pools(), Limits { max_runners: 5 })),
+            vec![("a".into(), reason)],
+            "{code:?}"
+        );
     }
 }
 
@@ -188,7 +232,10 @@ fn ephemeral_runner_deleted_under_a_running_job_stops_the_instance() {
     i.job_obs = JobObs::Absent { count: 2 };
     i.runner = RunnerObs::Gone { count: 2 };
     let o = observed(Strategy::Ephemeral, vec![], vec![i]);
-    assert_eq!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![("a".into(), Reason::RunnerGone)]);
+    assert_eq!(
+        deletes(&plan(&o, &pools(), Limits { max_runners: 5 })),
+        vec![("a".into(), Reason::RunnerGone)]
+    );
 }
 
 #[test]
@@ -203,10 +250,16 @@ fn job_taken_by_another_runner_releases_ours_after_confirmation() {
     i.idle_while_job_running = 3;
     i.idle_while_job_running_ms = 20_000;
     let o = observed(Strategy::Ephemeral, vec![], vec![i.clone()]);
-    assert!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).is_empty(), "idle between heartbeats is not taken");
+    assert!(
+        deletes(&plan(&o, &pools(), Limits { max_runners: 5 })).is_empty(),
+        "idle between heartbeats is not taken"
+    );
     i.idle_while_job_running_ms = 31_000;
     let o = observed(Strategy::Ephemeral, vec![], vec![i]);
-    assert_eq!(deletes(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![("a".into(), Reason::TakenByOther)]);
+    assert_eq!(
+        deletes(&plan(&o, &pools(), Limits { max_runners: 5 })),
+        vec![("a".into(), Reason::TakenByOther)]
+    );
 }
 
 #[test]
@@ -214,7 +267,11 @@ fn draining_creates_nothing_and_keeps_busy_instances() {
     let mut busy = instance("busy", Some(1), InstanceState::Running);
     busy.busy_since_ms = Some(1);
     let idle = instance("idle", Some(2), InstanceState::Running);
-    let mut o = observed(Strategy::Ephemeral, vec![job(3, &["trixie"], JobStatus::Waiting, Some("h"))], vec![busy, idle]);
+    let mut o = observed(
+        Strategy::Ephemeral,
+        vec![job(3, &["trixie"], JobStatus::Waiting, Some("h"))],
+        vec![busy, idle],
+    );
     o.draining = true;
     let plan = plan(&o, &pools(), Limits { max_runners: 5 });
     assert!(creates(&plan).is_empty());
@@ -223,19 +280,32 @@ fn draining_creates_nothing_and_keeps_busy_instances() {
 
 #[test]
 fn create_budget_limits_creates() {
-    let jobs = (1..=3).map(|id| job(id, &["trixie"], JobStatus::Waiting, None)).collect();
+    let jobs = (1..=3)
+        .map(|id| job(id, &["trixie"], JobStatus::Waiting, None))
+        .collect();
     let mut o = observed(Strategy::Identities, jobs, vec![]);
     o.create_budget = Some(2);
-    assert_eq!(creates(&plan(&o, &pools(), Limits { max_runners: 5 })), vec![1, 2]);
+    assert_eq!(
+        creates(&plan(&o, &pools(), Limits { max_runners: 5 })),
+        vec![1, 2]
+    );
 }
 
 #[test]
 fn warm_spares_fill_up_to_the_setting() {
     let mut p = pools();
     p[0].warm_spares = 2;
-    let o = observed(Strategy::Identities, vec![], vec![instance("s", None, InstanceState::Running)]);
+    let o = observed(
+        Strategy::Identities,
+        vec![],
+        vec![instance("s", None, InstanceState::Running)],
+    );
     let plan = plan(&o, &p, Limits { max_runners: 5 });
-    let spares = plan.actions.iter().filter(|a| matches!(a, Action::Create { job: None, .. })).count();
+    let spares = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Create { job: None, .. }))
+        .count();
     assert_eq!(spares, 1);
 }
 
@@ -243,13 +313,37 @@ fn warm_spares_fill_up_to_the_setting() {
 fn orphans_need_two_sightings_and_the_grace_period() {
     let mut o = observed(Strategy::Ephemeral, vec![], vec![]);
     o.orphan_instances = vec![
-        OrphanView { key: "young".into(), backend: Some("process".into()), scope: None, first_seen_ms: 2 * MIN, seen_count: 5 },
-        OrphanView { key: "once".into(), backend: Some("process".into()), scope: None, first_seen_ms: 0, seen_count: 1 },
+        OrphanView {
+            key: "young".into(),
+            backend: Some("process".into()),
+            scope: None,
+            first_seen_ms: 2 * MIN,
+            seen_count: 5,
+        },
+        OrphanView {
+            key: "once".into(),
+            backend: Some("process".into()),
+            scope: None,
+            first_seen_ms: 0,
+            seen_count: 1,
+        },
     ];
     o.now_ms = 3 * MIN;
-    o.orphan_instances.push(OrphanView { key: "old".into(), backend: Some("process".into()), scope: None, first_seen_ms: 0, seen_count: 2 });
+    o.orphan_instances.push(OrphanView {
+        key: "old".into(),
+        backend: Some("process".into()),
+        scope: None,
+        first_seen_ms: 0,
+        seen_count: 2,
+    });
     let plan = plan(&o, &pools(), Limits { max_runners: 5 });
-    assert_eq!(plan.actions, vec![Action::DeleteOrphanInstance { backend: "process".into(), key: "old".into() }]);
+    assert_eq!(
+        plan.actions,
+        vec![Action::DeleteOrphanInstance {
+            backend: "process".into(),
+            key: "old".into()
+        }]
+    );
 }
 
 // ---- property tests -------------------------------------------------------------------------
@@ -299,18 +393,30 @@ fn arb_pools() -> impl Gen<Value = Vec<PoolSpec>> {
     (1u32..6, 1u32..6, 0u32..4, 0u32..3).prop_map(|(cap_small, cap_big, cap_other, spares)| {
         let mut small = test_pool("small", &["a"], cap_small);
         small.warm_spares = spares.min(cap_small);
-        vec![small, test_pool("big", &["a", "b", "c"], cap_big), test_pool("other", &["d"], cap_other)]
+        vec![
+            small,
+            test_pool("big", &["a", "b", "c"], cap_big),
+            test_pool("other", &["d"], cap_other),
+        ]
     })
 }
 
 fn arb_observed() -> impl Gen<Value = Observed> {
-    let job = (1i64..60, proptest::sample::subsequence(LABELS.to_vec(), 0..3), any::<bool>(), 0u8..3).prop_map(
-        |(id, labels, waiting, handle)| {
-            let status = if waiting { JobStatus::Waiting } else { JobStatus::Running };
+    let job = (
+        1i64..60,
+        proptest::sample::subsequence(LABELS.to_vec(), 0..3),
+        any::<bool>(),
+        0u8..3,
+    )
+        .prop_map(|(id, labels, waiting, handle)| {
+            let status = if waiting {
+                JobStatus::Waiting
+            } else {
+                JobStatus::Running
+            };
             let handle = format!("h{id}-{handle}");
             job(id, &labels, status, Some(&handle))
-        },
-    );
+        });
     let instance = (
         0usize..3,
         proptest::option::of((1i64..60, 0u8..3)),
@@ -323,22 +429,29 @@ fn arb_observed() -> impl Gen<Value = Observed> {
         0u32..5,
         any::<bool>(),
     )
-        .prop_map(|(pool, job, state, since, busy, backend, runner, job_obs, idle, in_flight)| InstanceView {
-            id: String::new(),
-            pool: POOL_NAMES[pool].into(),
-            scope: scope(),
-            state,
-            job: job.map(|(id, h)| JobKey { id, handle: Some(format!("h{id}-{h}")) }),
-            created_ms: since * MIN,
-            state_since_ms: since * MIN,
-            busy_since_ms: busy.map(|b| b * MIN),
-            backend,
-            runner,
-            job_obs,
-            idle_while_job_running: idle,
-            idle_while_job_running_ms: idle as u64 * 15_000,
-            in_flight,
-        });
+        .prop_map(
+            |(pool, job, state, since, busy, backend, runner, job_obs, idle, in_flight)| {
+                InstanceView {
+                    id: String::new(),
+                    pool: POOL_NAMES[pool].into(),
+                    scope: scope(),
+                    state,
+                    job: job.map(|(id, h)| JobKey {
+                        id,
+                        handle: Some(format!("h{id}-{h}")),
+                    }),
+                    created_ms: since * MIN,
+                    state_since_ms: since * MIN,
+                    busy_since_ms: busy.map(|b| b * MIN),
+                    backend,
+                    runner,
+                    job_obs,
+                    idle_while_job_running: idle,
+                    idle_while_job_running_ms: idle as u64 * 15_000,
+                    in_flight,
+                }
+            },
+        );
     (
         proptest::collection::vec(job, 0..40),
         proptest::collection::vec(instance, 0..25),
@@ -348,27 +461,36 @@ fn arb_observed() -> impl Gen<Value = Observed> {
         proptest::option::of(0u32..10),
         0u64..400,
     )
-        .prop_map(|(jobs, mut instances, strategy, draining, fetch_failed, budget, now_min)| {
-            for (index, instance) in instances.iter_mut().enumerate() {
-                instance.id = format!("i{index}");
-            }
-            Observed {
-                now_ms: now_min * MIN,
-                strategy,
-                jobs: vec![ScopeJobs { scope: scope(), jobs: (!fetch_failed).then_some(jobs) }],
-                instances,
-                orphan_instances: vec![],
-                orphan_runners: vec![],
-                backoff_pools: BTreeSet::new(),
-                draining,
-                create_budget: budget,
-            }
-        })
+        .prop_map(
+            |(jobs, mut instances, strategy, draining, fetch_failed, budget, now_min)| {
+                for (index, instance) in instances.iter_mut().enumerate() {
+                    instance.id = format!("i{index}");
+                }
+                Observed {
+                    now_ms: now_min * MIN,
+                    strategy,
+                    jobs: vec![ScopeJobs {
+                        scope: scope(),
+                        jobs: (!fetch_failed).then_some(jobs),
+                    }],
+                    instances,
+                    orphan_instances: vec![],
+                    orphan_runners: vec![],
+                    backoff_pools: BTreeSet::new(),
+                    draining,
+                    create_budget: budget,
+                }
+            },
+        )
 }
 
 fn counts_after(observed: &Observed, plan: &Plan) -> BTreeMap<String, u32> {
     let mut per_pool: BTreeMap<String, u32> = BTreeMap::new();
-    for i in observed.instances.iter().filter(|i| i.state != InstanceState::Gone) {
+    for i in observed
+        .instances
+        .iter()
+        .filter(|i| i.state != InstanceState::Gone)
+    {
         *per_pool.entry(i.pool.clone()).or_default() += 1;
     }
     for action in &plan.actions {

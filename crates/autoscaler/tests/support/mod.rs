@@ -120,12 +120,30 @@ impl Env {
         std::os::unix::fs::symlink(AUTOSCALER, &runner).unwrap();
         std::fs::write(dir.path().join("token"), &token).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-        let env = Env { sim, dir, token, runner, version: version.into(), http };
+        std::fs::set_permissions(
+            dir.path().join("token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let env = Env {
+            sim,
+            dir,
+            token,
+            runner,
+            version: version.into(),
+            http,
+        };
         let created = env
-            .api_post("/user/repos", serde_json::json!({"name": "on-demand", "auto_init": true}))
+            .api_post(
+                "/user/repos",
+                serde_json::json!({"name": "on-demand", "auto_init": true}),
+            )
             .await;
-        assert!(created.status().is_success(), "repository created: {}", created.status());
+        assert!(
+            created.status().is_success(),
+            "repository created: {}",
+            created.status()
+        );
         env
     }
 
@@ -167,7 +185,11 @@ impl Env {
                 }),
             )
             .await;
-        assert!(response.status().is_success(), "commit {file}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "commit {file}: {}",
+            response.status()
+        );
     }
 
     /// A workflow with `n` jobs on `trixie` whose steps run `script`.
@@ -273,23 +295,53 @@ max_runners = {pool_max}
     }
 
     pub async fn sim_jobs(&self) -> Vec<SimJob> {
-        self.http.get(format!("{}/_sim/jobs", self.url())).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/_sim/jobs", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn sim_runners(&self) -> Vec<SimRunner> {
-        self.http.get(format!("{}/_sim/runners", self.url())).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/_sim/runners", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn sim_stats(&self) -> serde_json::Value {
-        self.http.get(format!("{}/_sim/stats", self.url())).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/_sim/stats", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn sim_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http.post(format!("{}/_sim{path}", self.url())).json(&body).send().await.unwrap()
+        self.http
+            .post(format!("{}/_sim{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn sim_delete(&self, path: &str) -> reqwest::Response {
-        self.http.delete(format!("{}/_sim{path}", self.url())).send().await.unwrap()
+        self.http
+            .delete(format!("{}/_sim{path}", self.url()))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Jobs in a final state.
@@ -297,18 +349,29 @@ max_runners = {pool_max}
         self.sim_jobs()
             .await
             .iter()
-            .filter(|j| matches!(j.status.as_str(), "success" | "failure" | "cancelled" | "skipped"))
+            .filter(|j| {
+                matches!(
+                    j.status.as_str(),
+                    "success" | "failure" | "cancelled" | "skipped"
+                )
+            })
             .count()
     }
 
     /// Live (not deleted) runner registrations in the simulator.
     pub async fn live_runners(&self) -> Vec<SimRunner> {
-        self.sim_runners().await.into_iter().filter(|r| !r.deleted).collect()
+        self.sim_runners()
+            .await
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .collect()
     }
 
     /// Instance directories the process backend still has.
     pub fn backend_instances(&self) -> usize {
-        std::fs::read_dir(self.path().join("state/instances")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.path().join("state/instances"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -345,9 +408,13 @@ pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::E
 /// Runner processes (our stand-in) still alive whose work directory is under `dir`.
 pub fn runner_processes_under(dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
             if cwd.starts_with(dir) {
                 if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
