@@ -167,7 +167,7 @@ impl ProcessBackend {
         if !dir.exists() {
             return Ok(Removal::default());
         }
-        if let Ok(meta) = read_meta(&dir) {
+        if let Ok(meta) = read_meta(&dir).map(|meta| with_recovered_pid(&dir, meta)) {
             if let Some(pid) = meta.pid {
                 stop_session(pid, meta.start_ticks, grace).await;
             }
@@ -207,6 +207,7 @@ impl ProcessBackend {
                 pid: None,
                 start_ticks: None,
             });
+            let meta = with_recovered_pid(&dir, meta);
             let status = match (read_exit_code(&dir), meta.pid) {
                 (Some(code), _) => InstanceStatus::Exited { code: Some(code) },
                 (None, Some(pid)) if is_alive(pid, meta.start_ticks) => InstanceStatus::Running,
@@ -248,6 +249,58 @@ impl Backend for ProcessBackend {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
         Box::pin(async move { self.list_instances() })
     }
+}
+
+/// A crash between spawning the runner and recording its pid leaves a marker without a pid
+/// while the runner runs (and may already run a job). Its session leader is the wrapper shell,
+/// whose working directory is the instance's directory: find it there, record it, and the
+/// instance is adopted or stopped like any other instead of running on unseen.
+fn with_recovered_pid(dir: &Path, mut meta: Meta) -> Meta {
+    if meta.pid.is_some() {
+        return meta;
+    }
+    if let Some((pid, start_ticks)) = session_leader_in(dir) {
+        meta.pid = Some(pid);
+        meta.start_ticks = Some(start_ticks);
+        if write_meta(dir, &meta).is_err() {
+            tracing::warn!(dir = %dir.display(), "cannot record the recovered pid");
+        }
+    }
+    meta
+}
+
+/// A live process that leads its own session and works in `dir`.
+fn session_leader_in(dir: &Path) -> Option<(u32, u64)> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .as_deref()
+            != Some(dir)
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let leads_session = fields.get(3).and_then(|f| f.parse::<u32>().ok()) == Some(pid);
+        let alive = !matches!(fields.first(), Some(&"Z") | Some(&"X"));
+        if let (true, true, Some(start)) = (
+            leads_session,
+            alive,
+            fields.get(19).and_then(|f| f.parse().ok()),
+        ) {
+            return Some((pid, start));
+        }
+    }
+    None
 }
 
 /// Instance ids become directory names: letters, digits, `-` and `_` only.
@@ -560,6 +613,35 @@ mod tests {
             .await
             .unwrap();
         assert!(second.list_instances().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_runner_whose_pid_was_never_recorded_is_found_and_stopped() {
+        let state = tempfile::tempdir().unwrap();
+        let backend = ProcessBackend::new(state.path(), Arc::default()).unwrap();
+        backend
+            .create_instance(spec("d", "sleep 300"))
+            .await
+            .unwrap();
+        wait_for(&backend, "d", |s| *s == InstanceStatus::Running).await;
+        // Simulate a crash right after spawn: the marker lost its pid.
+        let dir = backend.dir("d");
+        let mut meta = read_meta(&dir).unwrap();
+        let pid = meta.pid.take().unwrap();
+        meta.start_ticks = None;
+        write_meta(&dir, &meta).unwrap();
+        let listed = backend.list_instances().unwrap();
+        assert_eq!(
+            listed[0].status,
+            InstanceStatus::Running,
+            "found again by its directory"
+        );
+        assert_eq!(read_meta(&dir).unwrap().pid, Some(pid));
+        backend
+            .delete_instance("d", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(!is_alive(pid, None));
     }
 
     #[test]
