@@ -957,11 +957,21 @@ pub(crate) async fn remove_instance(
     if record.state == InstanceState::Gone {
         return false;
     }
+    // A retried removal (teardown deadline, or a restart found it half-removed) keeps the
+    // reason it was started for.
+    let reason_text = match (reason, record.reason.as_deref()) {
+        (Reason::TeardownRetry | Reason::Interrupted, Some(original))
+            if record.state == InstanceState::Deleting =>
+        {
+            original.to_string()
+        }
+        _ => reason.as_str().to_string(),
+    };
     let _ = rt.store.set_state(
         id,
         InstanceState::Deleting,
         now_ms(),
-        Some(reason.as_str()),
+        Some(reason_text.as_str()),
         detail,
     );
     let grace = Duration::from_secs(10);
@@ -1013,17 +1023,17 @@ pub(crate) async fn remove_instance(
         id,
         InstanceState::Gone,
         now_ms(),
-        Some(reason.as_str()),
+        Some(reason_text.as_str()),
         None,
     );
     rt.metrics
         .removed
         .get_or_create(&PoolReasonLabel {
             pool: record.pool.clone(),
-            reason: reason.as_str().into(),
+            reason: reason_text.clone(),
         })
         .inc();
-    tracing::info!(instance = %id, pool = %record.pool, job = ?record.job_id, reason = reason.as_str(), exit_code = ?removal.exit_code, "runner instance removed");
+    tracing::info!(instance = %id, pool = %record.pool, job = ?record.job_id, reason = %reason_text, exit_code = ?removal.exit_code, "runner instance removed");
     true
 }
 
