@@ -78,10 +78,13 @@ pub async fn run_system(
 
     let window_start = client.stats().await?;
     let started = Instant::now();
-    let submission = {
+    let mut submission = Some({
         let (client, scenario) = (client.clone(), scenario.clone());
         tokio::spawn(async move { workload::submit(&client, &scenario).await })
-    };
+    });
+    // A workload the simulator refused makes every number meaningless: the run fails, after
+    // the system is stopped.
+    let mut submit_error = None;
     let total = u64::from(scenario.total_jobs());
     let deadline = if idle {
         Duration::MAX
@@ -90,7 +93,13 @@ pub async fn run_system(
     };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if submission.is_finished() {
+        if let Some(task) = submission.take_if(|t| t.is_finished()) {
+            if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                submit_error = Some(e);
+                break;
+            }
+        }
+        if submission.is_none() {
             if idle {
                 break;
             }
@@ -114,7 +123,9 @@ pub async fn run_system(
     }
     let elapsed = started.elapsed();
     let window_end = client.stats().await?;
-    submission.abort();
+    if let Some(task) = submission {
+        task.abort();
+    }
     if !idle && kind != SystemKind::Seed {
         settle(&client).await;
     }
@@ -124,6 +135,12 @@ pub async fn run_system(
     };
     let measured_process = kind.measured_process();
     let stopped = tokio::task::spawn_blocking(move || running.stop(STOP_GRACE)).await?;
+    if let Some(e) = submit_error {
+        return Err(e.context(format!(
+            "submitting the workload (the system was stopped: {})",
+            stopped.exit
+        )));
+    }
     let end_ms = unix_ms();
     let after = client.stats().await?;
     let jobs = client.jobs().await?;

@@ -10,6 +10,21 @@ use crate::{
 
 /// Most matrix combinations per job (Forgejo caps a matrix at 256).
 const MATRIX_CHUNK: u32 = 200;
+/// Most jobs per run: the simulator refuses a run of more than 2048 jobs, so a larger burst
+/// is several runs dispatched back to back.
+const RUN_CHUNK: u32 = 2000;
+
+/// Jobs of each run of a burst.
+pub fn burst_runs(jobs: u32) -> Vec<u32> {
+    let mut runs = Vec::new();
+    let mut remaining = jobs;
+    while remaining > 0 {
+        let n = remaining.min(RUN_CHUNK);
+        runs.push(n);
+        remaining -= n;
+    }
+    runs
+}
 
 /// The seed's workflow: first-job on trixie, second-job on [bookworm, test].
 pub fn seed_workflow(job_seconds: f64) -> String {
@@ -49,12 +64,15 @@ pub async fn prepare(sim: &SimClient, token: &str, scenario: &Scenario) -> anyho
                 .await
         }
         Arrival::Burst { jobs } => {
-            sim.commit_workflow(
-                token,
-                "burst.yml",
-                &burst_workflow(*jobs, scenario.job_seconds),
-            )
-            .await
+            for (i, n) in burst_runs(*jobs).into_iter().enumerate() {
+                sim.commit_workflow(
+                    token,
+                    &format!("burst-{}.yml", i + 1),
+                    &burst_workflow(n, scenario.job_seconds),
+                )
+                .await?;
+            }
+            Ok(())
         }
         Arrival::Paced { .. } => {
             sim.commit_workflow(
@@ -77,7 +95,11 @@ pub async fn submit(sim: &SimClient, scenario: &Scenario) -> anyhow::Result<()> 
                 sim.dispatch("seed.yml").await?;
             }
         }
-        Arrival::Burst { .. } => sim.dispatch("burst.yml").await?,
+        Arrival::Burst { jobs } => {
+            for i in 0..burst_runs(*jobs).len() {
+                sim.dispatch(&format!("burst-{}.yml", i + 1)).await?;
+            }
+        }
         Arrival::Paced { every, .. } => {
             // Absolute deadlines, so a slow dispatch does not shift every later one.
             let start = Instant::now();
@@ -114,6 +136,13 @@ mod tests {
         assert!(yaml.contains("burst-3:"));
         assert!(!yaml.contains("burst-4:"));
         assert!(yaml.contains("sleep 0.5"));
+    }
+
+    #[test]
+    fn large_bursts_are_split_into_runs_the_simulator_accepts() {
+        assert_eq!(burst_runs(5000), vec![2000, 2000, 1000]);
+        assert_eq!(burst_runs(500), vec![500]);
+        assert!(burst_runs(0).is_empty());
     }
 
     #[test]
