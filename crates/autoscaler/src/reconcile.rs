@@ -28,9 +28,10 @@ use crate::{
     store::{InstanceRecord, InstanceState},
 };
 
-/// How often (in ticks) the Forgejo 15 runners are listed when no instance needs it, to find
-/// runners orphaned by a crash. Idle cost stays one jobs request per scope per poll otherwise.
-const ORPHAN_SCAN_EVERY: u64 = 30;
+/// How often the Forgejo 15 runners of a scope are listed when no instance needs them, to find
+/// runners orphaned by a crash. When idle, the cost is one jobs request per scope per poll plus
+/// one runners request per scope every five minutes.
+const ORPHAN_SCAN_EVERY_MS: u64 = 5 * 60 * 1000;
 
 /// A snapshot for the status API, `plan` and `explain`.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +58,7 @@ struct Memory {
     /// First time each waiting job was seen, for the job wait histogram.
     first_seen_waiting: HashMap<i64, (u64, String)>,
     ticks: u64,
+    last_orphan_scan_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -360,7 +362,14 @@ impl Reconciler {
         if self.rt.strategy != Strategy::Ephemeral {
             return out;
         }
-        let scan_all = self.memory.ticks % ORPHAN_SCAN_EVERY == 1;
+        let now = now_ms();
+        let scan_all = self
+            .memory
+            .last_orphan_scan_ms
+            .is_none_or(|last| now.saturating_sub(last) >= ORPHAN_SCAN_EVERY_MS);
+        if scan_all {
+            self.memory.last_orphan_scan_ms = Some(now);
+        }
         for scope in &self.rt.scopes {
             let needed = scan_all
                 || records
