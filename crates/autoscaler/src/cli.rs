@@ -277,6 +277,7 @@ pub async fn run_daemon(
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u32> {
+    let _lock = crate::runtime::lock_state_dir(&config)?;
     let rt = Arc::new(Runtime::start(config).await?);
     let reconciler = Reconciler::new(rt.clone());
     let server = crate::http::serve(rt.clone(), reconciler.snapshot.clone()).await?;
@@ -488,6 +489,7 @@ async fn plan_command(config: Config) -> anyhow::Result<()> {
 }
 
 async fn cleanup_command(config: Config) -> anyhow::Result<()> {
+    let _lock = crate::runtime::lock_state_dir(&config)?;
     let rt = Arc::new(Runtime::start(config).await?);
     let report = crate::cleanup::remove_everything(&rt).await?;
     println!("{report}");

@@ -59,19 +59,57 @@ struct Memory {
     first_seen_waiting: HashMap<i64, (u64, String)>,
     ticks: u64,
     last_orphan_scan_ms: Option<u64>,
+    last_errors: Vec<String>,
 }
 
 #[derive(Default)]
 struct Backoff {
     failures: u32,
     until_ms: u64,
+    /// Runners of the pool that exited without a task, in a row.
+    no_task_streak: u32,
+}
+
+/// Pool backoff, shared by the executor's tasks.
+type PoolBackoff = Arc<Mutex<HashMap<String, Backoff>>>;
+
+/// Records a failure of `pool` (an API or backend refusal, or a runner that could not run) and
+/// returns how long the pool now waits before its next creation: 2 s doubling up to 5 min.
+/// Without it a runner binary that exits at once would be recreated on every tick.
+fn pool_failed(backoff: &PoolBackoff, pool: &str) -> Duration {
+    let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = backoff.entry(pool.to_string()).or_default();
+    entry.failures += 1;
+    let wait = Duration::from_secs(1u64 << entry.failures.min(8)).min(Duration::from_secs(300));
+    entry.until_ms = now_ms() + wait.as_millis() as u64;
+    wait
+}
+
+/// A runner of `pool` ran a job: the pool works, its backoff is forgotten.
+fn pool_succeeded(backoff: &PoolBackoff, pool: &str) {
+    backoff
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(pool);
+}
+
+/// A runner of `pool` exited without a task. A few in a row are normal races (another runner
+/// was faster); a streak means the pool's runners cannot take its jobs, and it backs off.
+fn pool_no_task(backoff: &PoolBackoff, pool: &str) -> Option<Duration> {
+    let streak = {
+        let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = backoff.entry(pool.to_string()).or_default();
+        entry.no_task_streak += 1;
+        entry.no_task_streak
+    };
+    (streak >= 3).then(|| pool_failed(backoff, pool))
 }
 
 pub struct Reconciler {
     rt: Arc<Runtime>,
     memory: Memory,
     in_flight: Arc<Mutex<HashSet<String>>>,
-    backoff: Arc<Mutex<HashMap<String, Backoff>>>,
+    backoff: PoolBackoff,
     semaphore: Arc<Semaphore>,
     tasks: JoinSet<()>,
     /// Jobs run to completion by our instances (for `--max-jobs`).
@@ -227,6 +265,7 @@ impl Reconciler {
             },
         );
         self.apply(&observed, &plan);
+        self.log_error_changes(&errors);
         let reachable = observed.jobs.iter().any(|s| s.jobs.is_some());
         if reachable {
             self.rt
@@ -251,6 +290,24 @@ impl Reconciler {
                 forgejo_reachable: reachable,
             };
         }
+    }
+
+    /// Logs observation errors at warn when they change (not on every tick), and once when
+    /// they clear.
+    fn log_error_changes(&mut self, errors: &[String]) {
+        if errors == self.memory.last_errors.as_slice() {
+            return;
+        }
+        if errors.is_empty() {
+            tracing::info!("Forgejo and the backends can be read again");
+        }
+        for error in errors
+            .iter()
+            .filter(|e| !self.memory.last_errors.contains(e))
+        {
+            tracing::warn!(error = %error, "cannot observe; nothing is created or removed on what could not be read");
+        }
+        self.memory.last_errors = errors.to_vec();
     }
 
     /// Reads the three sources and the store. Never fails: what could not be read is
@@ -768,16 +825,9 @@ impl Reconciler {
                     let result = create_instance(&rt, &id, &pool, &scope, job.as_ref()).await;
                     rt.metrics.operation("create", result.is_ok());
                     let failure = match result {
-                        Ok(()) => {
-                            backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(&pool);
-                            None
-                        }
+                        Ok(()) => None,
                         Err(e) => {
-                            let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
-                            let entry = backoff.entry(pool.clone()).or_default();
-                            entry.failures += 1;
-                            let wait = Duration::from_secs(1u64 << entry.failures.min(8)).min(Duration::from_secs(300));
-                            entry.until_ms = now_ms() + wait.as_millis() as u64;
+                            let wait = pool_failed(&backoff, &pool);
                             tracing::warn!(instance = %id, pool = %pool, error = %format!("{e:#}"), retry_in = ?wait, "creating a runner instance failed");
                             Some(format!("{e:#}"))
                         }
@@ -805,10 +855,33 @@ impl Reconciler {
                     );
                 }
                 let jobs_done = self.jobs_done.clone();
+                let backoff = self.backoff.clone();
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
-                    if remove_instance(&rt, &id, reason, None).await && reason == Reason::JobDone {
-                        jobs_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if remove_instance(&rt, &id, reason, None).await {
+                        let record = rt.store.instance(&id).ok().flatten();
+                        let pool = record.as_ref().map(|r| r.pool.clone()).unwrap_or_default();
+                        match reason {
+                            Reason::JobDone => {
+                                jobs_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                pool_succeeded(&backoff, &pool);
+                            }
+                            // A runner that failed before it ever had its job points at the
+                            // pool (binary, image, labels); one killed mid-job does not.
+                            Reason::RunnerFailed | Reason::BootTimeout
+                                if record.as_ref().is_some_and(|r| r.busy_since_ms.is_none()) =>
+                            {
+                                let wait = pool_failed(&backoff, &pool);
+                                let detail = record.and_then(|r| r.detail).unwrap_or_default();
+                                tracing::warn!(instance = %id, pool = %pool, reason = reason.as_str(), retry_in = ?wait, runner_output = %detail, "the runner could not run; the pool backs off");
+                            }
+                            Reason::NoTask => {
+                                if let Some(wait) = pool_no_task(&backoff, &pool) {
+                                    tracing::warn!(pool = %pool, retry_in = ?wait, "runners of the pool keep exiting without a task; the pool backs off");
+                                }
+                            }
+                            _ => {}
+                        }
                     }
                     if let Ok(mut set) = in_flight.lock() {
                         set.remove(&id);

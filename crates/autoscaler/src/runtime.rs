@@ -53,7 +53,69 @@ impl Runtime {
                 format!("detecting the Forgejo version at {}", config.forgejo.url)
             })?,
         };
-        Runtime::with_client(config, client, version)
+        let rt = Runtime::with_client(config, client, version)?;
+        rt.check_access().await?;
+        Ok(rt)
+    }
+
+    /// Lists each scope's jobs once: a token Forgejo refuses (401/403) or a scope it does not
+    /// know (404) is a configuration problem, reported now rather than as an empty queue
+    /// forever. Transient failures (5xx, timeouts) only warn: the loop retries them.
+    async fn check_access(&self) -> anyhow::Result<()> {
+        for scope in &self.scopes {
+            let labels = self
+                .version
+                .capabilities()
+                .jobs_need_label_superset
+                .then(|| crate::pools::label_query(&self.pools, scope));
+            match self
+                .client
+                .list_jobs(scope, self.version, labels.as_deref())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if matches!(e.status(), Some(401) | Some(403) | Some(404)) => {
+                    anyhow::bail!(
+                        "Forgejo refused to list the jobs of scope {scope}: {e}. Check the token in {} (its user must own {scope}, with the scopes README.md lists) and the scope's spelling in {}",
+                        match &self.config.forgejo.token {
+                            crate::config::TokenSource::File(path) => path.display().to_string(),
+                            crate::config::TokenSource::Env(name) => format!("${name}"),
+                        },
+                        self.config.file.display()
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(%scope, error = %e, "cannot list jobs yet; will retry every poll")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses to start a process pool whose runner binary is not an executable file: every
+    /// instance would exit at once.
+    fn check_runner_binary(config: &Config) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if !config
+            .pools
+            .iter()
+            .any(|p| p.backend == BackendKind::Process)
+        {
+            return Ok(());
+        }
+        let resolved = resolve_binary(&config.runner.binary);
+        let executable = std::fs::metadata(&resolved)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !executable {
+            anyhow::bail!(
+                "the runner binary {} ([runner] binary in {}) is not an executable file{}; install forgejo-runner (12.8 or later for Forgejo 15) or set the path",
+                config.runner.binary.display(),
+                config.file.display(),
+                if config.runner.binary.components().count() == 1 { " on PATH" } else { "" }
+            );
+        }
+        Ok(())
     }
 
     /// The backend of a configured pool.
@@ -71,6 +133,7 @@ impl Runtime {
         client: ForgejoClient,
         version: ForgejoVersion,
     ) -> anyhow::Result<Runtime> {
+        Runtime::check_runner_binary(&config)?;
         let strategy = if version.capabilities().runners_api {
             Strategy::Ephemeral
         } else {
@@ -141,6 +204,32 @@ impl Runtime {
             metrics,
         })
     }
+}
+
+/// Takes the state directory for this process: `run` and `cleanup` hold it, so two daemons
+/// never manage the same instances and `cleanup` never pulls instances from under a running
+/// daemon. The lock is released when the returned file is dropped (or the process dies).
+pub fn lock_state_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = state_dir(config);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("autoscaler.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        anyhow::bail!(
+            "another forgejo-autoscaler (run or cleanup) is using the state directory {} ({} is locked); stop it first, or give this one its own [store] path",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Where instances and logs live: beside the store.
