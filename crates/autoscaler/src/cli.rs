@@ -228,13 +228,13 @@ fn validate(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run_command(args: RunArgs) -> ExitCode {
-    let config = match (&args.config, &args.url) {
+    let (config, seed_token) = match (&args.config, &args.url) {
         (Some(path), _) => match load_config(path) {
-            Ok(c) => c,
+            Ok(c) => (c, None),
             Err(code) => return code,
         },
         (None, Some(_)) => match seed_config(&args).await {
-            Ok(c) => c,
+            Ok((c, token)) => (c, Some(token)),
             Err(SeedError::Usage(message)) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(EXIT_USAGE);
@@ -251,15 +251,18 @@ async fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match run_daemon(
+    let result = run_daemon(
         config,
         RunOptions {
             max_jobs: args.max_jobs,
         },
         shutdown_signal(),
     )
-    .await
-    {
+    .await;
+    if let Some(token) = seed_token {
+        token.revoke().await;
+    }
+    match result {
         Ok(done) => {
             tracing::info!(jobs_done = done, "stopped");
             ExitCode::SUCCESS
@@ -301,6 +304,32 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The API token seed mode created with the user's password: revoked when the run ends, so
+/// every start does not leave a write-scoped token behind.
+struct SeedToken {
+    client: ForgejoClient,
+    user: String,
+    password: Secret,
+    name: String,
+    file: PathBuf,
+}
+
+impl SeedToken {
+    async fn revoke(self) {
+        let _ = std::fs::remove_file(&self.file);
+        match self
+            .client
+            .delete_access_token(&self.user, &self.password, &self.name)
+            .await
+        {
+            Ok(()) => tracing::info!(token = %self.name, "revoked the API token this run created"),
+            Err(e) => {
+                tracing::warn!(token = %self.name, error = %e, "cannot revoke the API token this run created; delete it in the user's settings (Applications)")
+            }
+        }
+    }
+}
+
 enum SeedError {
     Usage(String),
     Runtime(anyhow::Error),
@@ -308,7 +337,7 @@ enum SeedError {
 
 /// `run --url --user --password-file`: creates an API token with basic auth (as the seed
 /// does) and builds the seed's configuration: its label mapping, the process backend.
-async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
+async fn seed_config(args: &RunArgs) -> Result<(Config, SeedToken), SeedError> {
     let (Some(url), Some(user), Some(password_file)) = (&args.url, &args.user, &args.password_file)
     else {
         return Err(SeedError::Usage(
@@ -362,7 +391,15 @@ async fn seed_config(args: &RunArgs) -> Result<Config, SeedError> {
     std::fs::write(&path, &text)
         .context("writing the seed configuration")
         .map_err(SeedError::Runtime)?;
-    config::parse(&text, &path).map_err(|e| SeedError::Usage(e.to_string()))
+    let config = config::parse(&text, &path).map_err(|e| SeedError::Usage(e.to_string()))?;
+    let seed_token = SeedToken {
+        client,
+        user: user.clone(),
+        password,
+        name,
+        file: token_path,
+    };
+    Ok((config, seed_token))
 }
 
 /// The seed's label mapping, as a configuration file (written beside the store, so an admin can

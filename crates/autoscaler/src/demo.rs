@@ -28,8 +28,9 @@ pub struct DemoArgs {
     /// Forgejo version the simulator imitates.
     #[arg(long, default_value = "15", value_parser = ["13", "14", "15"])]
     pub forgejo_version: String,
-    /// Jobs in the burst, on top of the seed workflow's two.
-    #[arg(long, default_value_t = 20)]
+    /// Jobs in the burst, on top of the seed workflow's two (at most 2000: Forgejo's job parser,
+    /// and the simulator, refuse a run of more than 2048 jobs).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=2000))]
     pub jobs: u32,
     /// Global cap on concurrent runners.
     #[arg(long, default_value_t = 10)]
@@ -484,7 +485,7 @@ async fn real_forgejo(args: &DemoArgs, url: &str) -> Result<bool, DemoError> {
     let api = anonymous.with_token(token.clone());
     create_repo(&api).await?;
     commit_file(&api, ".forgejo/workflows/demo.yml", SEED_WORKFLOW_SCHEDULE).await?;
-    let work = work_dir(true)?;
+    let work = work_dir(args.keep)?;
     crate::secret::write_private_file(&work.path.join("token"), token.expose().as_bytes())
         .map_err(anyhow::Error::from)?;
     let text = demo_config(url, &args.runner_binary, args.max_runners, "5s")
@@ -505,6 +506,12 @@ async fn real_forgejo(args: &DemoArgs, url: &str) -> Result<bool, DemoError> {
     )
     .await?;
     println!("jobs done: {done}/{}", args.jobs);
+    if let Err(e) = anonymous.delete_access_token(user, &password, &name).await {
+        eprintln!("warning: cannot revoke the demo's API token {name}: {e}; delete it in {user}'s settings (Applications)");
+    }
+    println!(
+        "left in Forgejo on purpose: the repository {user}/on-demand with its scheduled workflow (a run every minute). Delete the repository, or .forgejo/workflows/demo.yml in it, when you are done."
+    );
     let _ = Arc::new(());
     Ok(done >= args.jobs)
 }

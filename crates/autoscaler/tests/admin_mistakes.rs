@@ -150,3 +150,58 @@ async fn runners_that_exit_at_once_make_the_pool_back_off() {
         "registrations left behind"
     );
 }
+
+/// Seed mode creates an API token with the password; every start must not leave one behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_mode_revokes_the_token_it_created() {
+    let env = Env::start("15").await;
+    env.commit_workflow("w.yml", &Env::burst_yaml(1, "true"))
+        .await;
+    let password = env.path().join("password");
+    std::fs::write(&password, "admin1234\n").unwrap();
+    let output = tokio::task::block_in_place(|| {
+        Command::new(AUTOSCALER)
+            .args([
+                "run",
+                "--url",
+                &env.url(),
+                "--user",
+                "root",
+                "--password-file",
+            ])
+            .arg(&password)
+            .args([
+                "--scope",
+                "repo:root/on-demand",
+                "--max-jobs",
+                "1",
+                "--runner-binary",
+            ])
+            .arg(&env.runner)
+            .args(["--state-dir", "seed-state"])
+            .current_dir(env.path())
+            .output()
+            .unwrap()
+    });
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tokens: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/users/root/tokens", env.url()))
+        .basic_auth("root", Some("admin1234"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = tokens.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["tests"], "only the harness's own token is left");
+    assert!(
+        !env.path().join("seed-state/token").exists(),
+        "the token file is removed"
+    );
+}

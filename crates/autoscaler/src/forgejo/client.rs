@@ -141,6 +141,30 @@ impl ForgejoClient {
         Ok(Secret::new(token.sha1))
     }
 
+    /// Deletes an access token by name (`DELETE /users/{username}/tokens/{token}`, HTTP Basic
+    /// like its creation). A token already gone is fine.
+    pub async fn delete_access_token(
+        &self,
+        user: &str,
+        password: &Secret,
+        name: &str,
+    ) -> Result<(), ForgejoError> {
+        let call = Call::new(
+            Method::DELETE,
+            format!("/users/{}/tokens/{}", seg(user), seg(name)),
+            "/users/{username}/tokens/{token}",
+        );
+        let basic = (user.to_string(), password.clone());
+        match self
+            .send(call, None::<&()>, Retry::Idempotent, Some(basic))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET {scope}/actions/runners/jobs`: waiting and running jobs, `null` read as empty.
     /// `labels`: `None` omits the parameter (14+: all jobs); Forgejo 13 needs every label.
     pub async fn list_jobs(
