@@ -50,7 +50,7 @@ pub async fn run_scenario(options: &Options) -> anyhow::Result<ScenarioReport> {
     for kind in &options.systems {
         if let Some(reason) = kind.unavailable() {
             eprintln!("bench: {}: {reason}", kind.name());
-            unavailable.insert(kind.name().to_string(), reason.to_string());
+            unavailable.insert(kind.name().to_string(), reason);
             continue;
         }
         eprintln!("bench: {} / {} ...", options.scenario.name, kind.name());

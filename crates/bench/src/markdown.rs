@@ -28,8 +28,12 @@ const METHOD: &str = r#"## What is measured, and how
   FILE` with a generated configuration: the process backend, the scenario's cap as both
   `[limits] max_runners` and the pool's `max_runners`, `[timeouts] drain = "15s"`, `[http] listen`
   on a free loopback port for `/metrics`, and the defaults for everything else (poll interval
-  2 s, runner fetch interval 2 s). `autoscaler-docker` is listed as not available until the
-  docker backend exists.
+  2 s, runner fetch interval 2 s). `autoscaler-docker`: the same, with a docker pool instead
+  (`[pools.docker] image = "local/forgejo-runner-stand-in:latest"`, built by
+  `tests/support/build-runner-image.sh`, `network = "host"` so the containers reach the
+  simulator on loopback, `user = "1000:1000"`); it runs when `docker info` answers and the
+  image exists, and is otherwise listed with the reason. Its runner start time S is measured
+  with `docker run --rm` of the same image (container create + start + the probe + exit).
 * **Job wait** = `started - created` of every job in `GET /_sim/jobs` (simulator timestamps).
   A job that never started (the system was stopped at the deadline) counts with
   `end of run - created`, a lower bound; the table says how many. Percentiles are

@@ -3,17 +3,18 @@
 //! reading its credentials, `Declare`, one `FetchTask`, exit). That is the least a freshly
 //! started runner needs before it could receive a job. Probe runners carry the label
 //! `bench-probe`, which no job asks for, and their names start with [`PROBE_PREFIX`] so the
-//! runner counts leave them out.
+//! runner counts leave them out. For the docker system the probe runs in a fresh container of
+//! the pool's image, so S includes the container's creation and start.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 
-use crate::sim::SimClient;
+use crate::{sim::SimClient, system::docker};
 
 pub const PROBE_PREFIX: &str = "bench-probe-";
 const PROBES: usize = 5;
@@ -28,10 +29,19 @@ pub struct StartTime {
     pub samples: usize,
 }
 
+/// How a probe runner is started: the way the system under test starts its runners.
+#[derive(Debug, Clone)]
+pub enum ProbeRunner {
+    /// The stand-in binary as a child process.
+    Process(PathBuf),
+    /// The stand-in image in a container on the host network (`docker run`).
+    Container,
+}
+
 /// Runs the probes and returns their statistics.
 pub async fn runner_start_time(
     sim: &SimClient,
-    runner_binary: &Path,
+    runner: &ProbeRunner,
     dir: &Path,
 ) -> anyhow::Result<StartTime> {
     let mut times = Vec::with_capacity(PROBES);
@@ -50,13 +60,10 @@ pub async fn runner_start_time(
             .to_string();
         let token_file = probe_dir.join("token");
         write_private(&token_file, &secret)?;
-        let (binary, url, dir) = (
-            runner_binary.to_path_buf(),
-            sim.url.clone(),
-            probe_dir.clone(),
-        );
-        let elapsed = tokio::task::spawn_blocking(move || {
-            time_one_job(&binary, &url, &uuid, &token_file, &dir)
+        let (runner, url, dir) = (runner.clone(), sim.url.clone(), probe_dir.clone());
+        let elapsed = tokio::task::spawn_blocking(move || match runner {
+            ProbeRunner::Process(binary) => time_one_job(&binary, &url, &uuid, &token_file, &dir),
+            ProbeRunner::Container => docker::time_probe_container(&url, &uuid, &token_file, &dir),
         })
         .await??;
         times.push(elapsed.as_secs_f64());

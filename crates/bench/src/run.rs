@@ -49,7 +49,11 @@ pub async fn run_system(
     let token = client.create_token("bench").await?;
     client.create_repo(&token).await?;
     workload::prepare(&client, &token, scenario).await?;
-    let start = probe::runner_start_time(&client, &settings.binaries.runner, &dir.join("probes"))
+    let probe_runner = match kind {
+        SystemKind::AutoscalerDocker => probe::ProbeRunner::Container,
+        _ => probe::ProbeRunner::Process(settings.binaries.runner.clone()),
+    };
+    let start = probe::runner_start_time(&client, &probe_runner, &dir.join("probes"))
         .await
         .context("measuring the runner start time")?;
     let sim_cpu_before = cpu_of(sim.pid());

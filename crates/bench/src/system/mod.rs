@@ -2,6 +2,7 @@
 //! Every system runs as a child process of the harness, with the same runner stand-in.
 
 mod autoscaler;
+pub mod docker;
 mod seed;
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 
 use crate::procmon::{self, Monitor, Usage};
 
-pub use autoscaler::AutoscalerSettings;
+pub use autoscaler::{AutoscalerSettings, PoolBackend};
 
 /// The systems the harness knows (`--systems`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +42,11 @@ impl SystemKind {
         SystemKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Why the system cannot run in this build, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
+    /// Why the system cannot run on this machine, if it cannot (the docker system needs a
+    /// Docker engine that answers and the stand-in image).
+    pub fn unavailable(self) -> Option<String> {
         match self {
-            SystemKind::AutoscalerDocker => Some(
-                "not available in this build (the harness does not drive the docker backend yet)",
-            ),
+            SystemKind::AutoscalerDocker => docker::unavailable_reason(),
             _ => None,
         }
     }
@@ -89,6 +89,8 @@ pub struct Running {
     /// `/metrics` of the autoscaler, when it serves one.
     pub metrics_url: Option<String>,
     pub work_dir: PathBuf,
+    /// The docker system's pool name, whose containers are looked for after the stop.
+    docker_pool: Option<String>,
 }
 
 /// How a system ended.
@@ -97,20 +99,39 @@ pub struct Stopped {
     pub usage: Usage,
     /// Exit status, or a note that it had to be killed.
     pub exit: String,
-    /// Runner processes (cwd under the work directory) still alive after the system stopped.
+    /// Runner processes (cwd under the work directory) or runner containers (of the docker
+    /// system's pool) still present after the system stopped.
     pub leftover_processes: u64,
 }
 
 impl Running {
     pub fn start(kind: SystemKind, launch: &Launch<'_>) -> anyhow::Result<Running> {
         std::fs::create_dir_all(launch.work_dir)?;
+        let mut docker_pool = None;
         let (child, metrics_url) = match kind {
             SystemKind::Seed => (seed::spawn(launch)?, None),
-            SystemKind::AutoscalerProcess => autoscaler::spawn(launch)?,
-            SystemKind::AutoscalerDocker => anyhow::bail!(
-                "autoscaler-docker: {}",
-                kind.unavailable().unwrap_or("unavailable")
-            ),
+            SystemKind::AutoscalerProcess => autoscaler::spawn(
+                launch,
+                PoolBackend::Process {
+                    runner: launch.runner_binary,
+                },
+                "bench",
+            )?,
+            SystemKind::AutoscalerDocker => {
+                if let Some(reason) = kind.unavailable() {
+                    anyhow::bail!("autoscaler-docker: {reason}");
+                }
+                let pool = docker::unique_pool_name();
+                let started = autoscaler::spawn(
+                    launch,
+                    PoolBackend::Docker {
+                        image: docker::IMAGE,
+                    },
+                    &pool,
+                )?;
+                docker_pool = Some(pool);
+                started
+            }
         };
         let monitor = Monitor::start(child.id());
         Ok(Running {
@@ -119,6 +140,7 @@ impl Running {
             monitor,
             metrics_url,
             work_dir: launch.work_dir.to_path_buf(),
+            docker_pool,
         })
     }
 
@@ -164,10 +186,15 @@ impl Running {
         for leftover in &leftovers {
             unsafe { libc::kill(*leftover as i32, libc::SIGKILL) };
         }
+        let leftover_containers = self
+            .docker_pool
+            .as_deref()
+            .map(docker::remove_leftover_containers)
+            .unwrap_or(0);
         Stopped {
             usage,
             exit,
-            leftover_processes: leftovers.len() as u64,
+            leftover_processes: leftovers.len() as u64 + leftover_containers,
         }
     }
 }
@@ -209,9 +236,12 @@ mod tests {
     }
 
     #[test]
-    fn only_docker_is_unavailable() {
+    fn only_docker_depends_on_the_machine() {
         assert!(SystemKind::Seed.unavailable().is_none());
         assert!(SystemKind::AutoscalerProcess.unavailable().is_none());
-        assert!(SystemKind::AutoscalerDocker.unavailable().is_some());
+        // Whichever way the machine answers, an unavailable docker system says why.
+        if let Some(reason) = SystemKind::AutoscalerDocker.unavailable() {
+            assert!(reason.starts_with("not available: "), "{reason}");
+        }
     }
 }
