@@ -690,3 +690,36 @@ async fn a_container_killed_mid_job_frees_its_slot_v15() {
         pool_containers(&env, &pool)
     );
 }
+
+/// A pool without `user` runs as the image's USER (the stand-in image says `0:0` and has no
+/// /etc/passwd): the credential file must still be written, owned by that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_default_user_without_passwd_v15() {
+    if !engine_ready() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = Env::start("15").await;
+    let pool = unique_pool();
+    let _guard = PoolGuard(pool.clone());
+    let config = write_docker_config(&env, &pool, 2);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("user = \"1000:1000\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    env.commit_workflow("burst.yml", &Env::burst_yaml(3, "true"))
+        .await;
+    let mut daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    watch_jobs(&env, &pool, 3, Duration::from_secs(120)).await;
+    let sim_jobs = env.sim_jobs().await;
+    assert!(
+        all_succeeded(&sim_jobs),
+        "jobs: {sim_jobs:?}\n{}",
+        env.logs()
+    );
+    assert_eq!(
+        terminate(&mut daemon, Duration::from_secs(60)).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert_nothing_left(&env, &pool, 2).await;
+}

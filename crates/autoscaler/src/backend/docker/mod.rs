@@ -158,7 +158,24 @@ impl DockerBackend {
             .map_err(|e| engine.error(&format!("creating the container of {}", spec.id), &e))?;
         // The credential file, before the runner can look for it. A failure leaves a created
         // (never started) container: the reconciler removes it with the instance.
-        let owner = container::numeric_owner(pool.user.as_deref());
+        // The file must belong to the user the runner runs as: the pool's `user`, else the
+        // image's USER. A numeric one (or none: root) goes into the archive directly; only a
+        // name needs the engine's copyUIDGID lookup, which fails in images without
+        // /etc/passwd (busybox) even for "0:0".
+        let image_user = match &pool.user {
+            Some(user) => Some(user.clone()),
+            None => client
+                .inspect_image(&pool.image)
+                .await
+                .ok()
+                .and_then(|image| image.config)
+                .and_then(|config| config.user)
+                .filter(|user| !user.is_empty()),
+        };
+        let owner = match image_user.as_deref() {
+            None => Some(archive::Owner { uid: 0, gid: 0 }),
+            Some(user) => container::numeric_owner(Some(user)),
+        };
         let tar = archive::work_dir_archive(
             container::WORK_DIR_NAME,
             &spec.files,
