@@ -132,7 +132,7 @@ async fn runners_that_exit_at_once_make_the_pool_back_off() {
     // Without backoff this is hundreds (one per exit, several per second); with it, the first
     // tick's 3 plus a handful of retries.
     assert!(
-        created >= 3 && created <= 12,
+        (3..=12).contains(&created),
         "{created} runners created in 12 s\n{}",
         env.logs()
     );
