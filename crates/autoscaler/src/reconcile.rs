@@ -1070,6 +1070,17 @@ pub(crate) async fn remove_instance(
         }
     };
     rt.metrics.operation("delete", true);
+    // Forgejo 15 deletes an ephemeral registration as soon as its job ends, which an observation
+    // can see a moment before the runner's own exit: a runner that then turns out to have ended
+    // on its own with 0 finished its job.
+    let reason_text = if reason_text == Reason::RunnerGone.as_str()
+        && !removal.stopped_by_us
+        && removal.exit_code == Some(0)
+    {
+        Reason::JobDone.as_str().to_string()
+    } else {
+        reason_text
+    };
     let _ = rt.store.set_exit(
         id,
         removal.exit_code,

@@ -70,6 +70,9 @@ pub struct Removal {
     pub log_tail: Option<String>,
     /// Where the full log was kept, if it was.
     pub log_path: Option<PathBuf>,
+    /// Whether the runner was still running and the removal stopped it. `false` with an exit
+    /// code means the runner ended on its own before the removal, so its code is its verdict.
+    pub stopped_by_us: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -167,6 +167,7 @@ impl ProcessBackend {
         if !dir.exists() {
             return Ok(Removal::default());
         }
+        let exited_before = read_exit_code(&dir).is_some();
         if let Ok(meta) = read_meta(&dir).map(|meta| with_recovered_pid(&dir, meta)) {
             if let Some(pid) = meta.pid {
                 stop_session(pid, meta.start_ticks, grace).await;
@@ -184,6 +185,7 @@ impl ProcessBackend {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| Self::err(format!("cannot remove {}: {e}", dir.display())))?;
         Ok(Removal {
+            stopped_by_us: !exited_before && exit_code.is_some(),
             exit_code,
             log_tail,
             log_path,

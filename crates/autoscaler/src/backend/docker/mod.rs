@@ -335,6 +335,7 @@ impl DockerBackend {
             exit_code,
             log_tail,
             log_path: None,
+            stopped_by_us,
         })
     }
 
