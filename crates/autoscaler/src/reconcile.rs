@@ -1018,7 +1018,7 @@ async fn create_instance(
         None,
         Some(&format!("runner {} started", prepared.runner_name)),
     )?;
-    tracing::info!(instance = %id, pool = %pool_name, job = ?job.map(|j| j.id), runner = %prepared.runner_name, "runner instance started");
+    tracing::info!(instance = %id, pool = %pool_name, job = job.map(|j| j.id), runner = %prepared.runner_name, "runner instance started");
     Ok(())
 }
 
@@ -1126,7 +1126,7 @@ pub(crate) async fn remove_instance(
             reason: reason_text.clone(),
         })
         .inc();
-    tracing::info!(instance = %id, pool = %record.pool, job = ?record.job_id, reason = %reason_text, exit_code = ?removal.exit_code, "runner instance removed");
+    tracing::info!(instance = %id, pool = %record.pool, job = record.job_id, reason = %reason_text, exit_code = removal.exit_code, "runner instance removed");
     true
 }
 

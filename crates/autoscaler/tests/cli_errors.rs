@@ -438,3 +438,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `status` with no daemon and a `[store] path` that does not exist (a typo, or a config that
+/// never ran) fails, naming the path, instead of creating an empty store and showing a
+/// reassuring empty status.
+#[test]
+fn status_without_daemon_or_store_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "0123456789abcdef\n").unwrap();
+    let config = dir.path().join("autoscaler.toml");
+    std::fs::write(
+        &config,
+        "[forgejo]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"token\"\nscopes = [\"instance\"]\n\
+         [store]\npath = \"stat/autoscaler.db\"\n[http]\nlisten = \"127.0.0.1:9\"\n\
+         [[pools]]\nname = \"p\"\nlabels = [\"trixie:docker://debian:trixie\"]\n",
+    )
+    .unwrap();
+    let output = run_in(
+        dir.path(),
+        &["status", "-c", config.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    let stderr = text(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("no store at") && stderr.contains("stat/autoscaler.db"),
+        "the message names the missing store: {stderr}"
+    );
+    assert!(
+        !dir.path().join("stat").exists(),
+        "status created the store directory"
+    );
+}

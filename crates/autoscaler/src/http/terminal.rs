@@ -69,6 +69,16 @@ pub async fn status_command(config: Config) -> anyhow::Result<()> {
             print!("{}", format_status(&status));
         }
         Err(why) => {
+            // Opening a store creates it: a mistyped `[store] path` would then show an empty,
+            // reassuring status. Without the daemon, only an existing store is evidence.
+            if !config.store.path.exists() {
+                anyhow::bail!(
+                    "the daemon is not reachable ({why}) and there is no store at {} ([store] path in {}): \
+                     the autoscaler has not run with this configuration, or the path is wrong",
+                    config.store.path.display(),
+                    config.file.display()
+                );
+            }
             println!(
                 "The daemon is not running or not reachable ({why}); showing what the store {} recorded. \
                  Nothing below is observed live.",
