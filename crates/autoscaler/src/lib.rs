@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod forgejo;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod plan;

@@ -142,7 +142,7 @@ const BROKEN: &[(&str, usize, usize, &str)] = &[
     ("duplicate-pool-name.toml", 12, 8,
      "duplicate pool name \"debian\" (first used on line 7); give each pool its own name"),
     ("unknown-backend.toml", 10, 11,
-     "unknown value \"dokcer\" for `backend`; did you mean \"docker\"? (allowed: \"process\", \"docker\")"),
+     "unknown value \"dokcer\" for `backend`; did you mean \"docker\"? (allowed: \"process\", \"docker\", \"swarm\")"),
     ("bad-label-schema.toml", 9, 50,
      "`labels`: label \"ubuntu-22.04:ubuntu:22.04\": unsupported schema \"ubuntu\"; use docker://IMAGE, host or lxc://DIST:RELEASE (an image is written \"ubuntu-22.04:docker://IMAGE\")"),
     ("host-label-with-argument.toml", 9, 11,

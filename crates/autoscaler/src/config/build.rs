@@ -483,6 +483,13 @@ impl Checker<'_> {
             }
         };
         let docker = match (backend, raw.docker) {
+            (BackendKind::Swarm, Some(table)) => {
+                return Err(self.error(
+                    &table.span(),
+                    "docker settings on a pool whose backend is \"swarm\"; put them in [pools.swarm] or set backend = \"docker\"",
+                ))
+            }
+            (BackendKind::Swarm, None) => None,
             (BackendKind::Process, Some(table)) => {
                 return Err(self.error(
                     &table.span(),
@@ -499,6 +506,27 @@ impl Checker<'_> {
                 ));
             }
         };
+        let swarm = match (backend, raw.swarm) {
+            (BackendKind::Swarm, Some(table)) => Some(super::swarm::build(
+                table,
+                self.source,
+                &mut self.warnings,
+            )?),
+            (BackendKind::Swarm, None) => {
+                let at = raw.backend.as_ref().map_or(span.clone(), Spanned::span);
+                return Err(self.error(
+                    &at,
+                    "backend = \"swarm\" needs a [pools.swarm] table with at least image = \"IMAGE\" (an image containing forgejo-runner)",
+                ));
+            }
+            (other, Some(table)) => {
+                return Err(self.error(
+                    &table.span(),
+                    format!("swarm settings on a pool whose backend is \"{other}\"; set backend = \"swarm\" or remove the swarm table"),
+                ))
+            }
+            (_, None) => None,
+        };
         Ok(PoolConfig {
             name: name.into_inner(),
             labels,
@@ -509,6 +537,7 @@ impl Checker<'_> {
             timeouts: self.timeouts(raw.timeouts, timeouts)?,
             env: self.env(raw.env)?,
             docker,
+            swarm,
         })
     }
 

@@ -1,7 +1,6 @@
 //! Settings of pools whose runners start in Docker (or Podman) containers.
 //!
-//! Parsed and checked now so that a file written for the docker backend is validated today;
-//! the backend that uses them comes later.
+//! Parsed and checked here; `backend/docker/` uses them.
 
 use std::path::PathBuf;
 
@@ -15,6 +14,10 @@ pub struct DockerPoolConfig {
     /// Docker daemon to talk to (`unix://`, `tcp://`, `ssh://`, `npipe://`); `None` means the
     /// usual `DOCKER_HOST` / default socket.
     pub docker_host: Option<String>,
+    /// Several engines for this pool (`docker_hosts`), in the order given; containers are
+    /// spread over them by free capacity. Empty: the one engine of `docker_host`. The two
+    /// keys are mutually exclusive, so at most one of them is set.
+    pub docker_hosts: Vec<String>,
     /// CPU limit per container, in CPUs (e.g. 1.5).
     pub cpus: Option<f64>,
     /// Memory limit per container, in bytes.
@@ -140,8 +143,9 @@ pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Checks a `docker_host` address.
-pub(super) fn check_docker_host(text: &str) -> Result<(), String> {
+/// Checks an engine address; `key` names the setting in the message (`docker_host`,
+/// `docker_hosts`).
+pub(super) fn check_docker_host(key: &str, text: &str) -> Result<(), String> {
     let known = ["unix://", "tcp://", "ssh://", "npipe://"];
     if known
         .iter()
@@ -150,7 +154,7 @@ pub(super) fn check_docker_host(text: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "docker_host \"{text}\" is not a Docker address; write e.g. \"unix:///var/run/docker.sock\" or \"tcp://10.0.0.5:2376\""
+            "{key} \"{text}\" is not a Docker address; write e.g. \"unix:///var/run/docker.sock\" or \"tcp://10.0.0.5:2376\""
         ))
     }
 }
@@ -183,8 +187,11 @@ mod tests {
 
     #[test]
     fn docker_hosts() {
-        assert!(check_docker_host("unix:///var/run/docker.sock").is_ok());
-        assert!(check_docker_host("/var/run/docker.sock").is_err());
-        assert!(check_docker_host("tcp://").is_err());
+        assert!(check_docker_host("docker_host", "unix:///var/run/docker.sock").is_ok());
+        assert!(check_docker_host("docker_host", "/var/run/docker.sock").is_err());
+        assert!(check_docker_host("docker_host", "tcp://").is_err());
+        assert!(check_docker_host("docker_hosts", "tcp:/x")
+            .unwrap_err()
+            .starts_with("docker_hosts \"tcp:/x\""));
     }
 }

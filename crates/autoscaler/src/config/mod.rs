@@ -19,6 +19,7 @@ mod error;
 mod labels;
 mod raw;
 mod scope;
+mod swarm;
 mod token;
 
 use std::{
@@ -34,6 +35,7 @@ pub use docker::{DockerNetwork, DockerPoolConfig, PullPolicy, VolumeMount};
 pub use error::{ConfigError, ConfigWarning};
 pub use labels::{Label, LabelSchema, DEFAULT_DOCKER_IMAGE, DEFAULT_LXC_TEMPLATE};
 pub use scope::Scope;
+pub use swarm::{SwarmNetwork, SwarmPoolConfig, SwarmResources};
 pub use token::{ReadToken, TokenError, TokenSource};
 
 use crate::secret::Secret;
@@ -169,6 +171,8 @@ pub enum BackendKind {
     Process,
     /// A container per runner (Docker or Podman's Docker-compatible socket).
     Docker,
+    /// A Docker Swarm service (one replicated job) per runner; needs `[pools.swarm]`.
+    Swarm,
 }
 
 /// A set of runner labels plus where and how its runners start.
@@ -190,6 +194,8 @@ pub struct PoolConfig {
     pub env: BTreeMap<String, String>,
     /// Present exactly when `backend` is `Docker`.
     pub docker: Option<DockerPoolConfig>,
+    /// Present exactly when `backend` is `Swarm`.
+    pub swarm: Option<SwarmPoolConfig>,
 }
 
 impl PoolConfig {
@@ -285,6 +291,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Process => "process",
             BackendKind::Docker => "docker",
+            BackendKind::Swarm => "swarm",
         })
     }
 }

@@ -102,6 +102,7 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub env: BTreeMap<At<String>, String>,
     pub docker: Option<At<RawDocker>>,
+    pub swarm: Option<At<super::swarm::RawSwarm>>,
 }
 
 #[derive(Deserialize)]

@@ -213,6 +213,7 @@ mod tests {
         DockerPoolConfig {
             image: "local/runner:1".into(),
             docker_host: None,
+            docker_hosts: Vec::new(),
             cpus: Some(1.5),
             memory: Some(512 << 20),
             pids_limit: Some(256),
