@@ -167,6 +167,8 @@ const BROKEN: &[(&str, usize, usize, &str)] = &[
      "label name \"debian\" appears twice in pool \"debian\"; keep one (a name can map to one place only)"),
     ("pool-without-labels.toml", 7, 1,
      "pool \"debian\" has no `labels`; add e.g. labels = [\"trixie:docker://debian:trixie\"]"),
+    ("docker-host-and-docker-hosts.toml", 15, 16,
+     "both docker_host and docker_hosts are set; keep docker_hosts (several engines) or docker_host (one engine), not both"),
     ("toml-syntax-error.toml", 3, 35,
      "TOML syntax error: invalid basic string, expected `\"`; check the quotes, brackets and `key = value` form"),
 ];
@@ -379,4 +381,55 @@ fn an_unreadable_file_is_reported_without_a_position() {
             .starts_with("/nonexistent/autoscaler.toml: cannot read"),
         "{err}"
     );
+}
+
+/// `docker_hosts`: several engines for one pool, each checked like `docker_host`, listed once,
+/// never empty, never together with `docker_host`; each mistake located on its value.
+#[test]
+fn docker_hosts_lists_several_engines_once_each() {
+    let docker_pool = |hosts: &str| {
+        minimal(&format!(
+            "backend = \"docker\"\n\n[pools.docker]\nimage = \"runner:1\"\n{hosts}\n"
+        ))
+    };
+    let dir = Path::new("/etc/fa");
+    let config = parse_at(
+        &docker_pool("docker_hosts = [\"unix:///var/run/docker.sock\", \"tcp://10.0.0.5:2375\"]"),
+        dir,
+    )
+    .unwrap();
+    let docker = config.pools[0].docker.as_ref().unwrap();
+    assert_eq!(
+        docker.docker_hosts,
+        ["unix:///var/run/docker.sock", "tcp://10.0.0.5:2375"]
+    );
+    assert_eq!(docker.docker_host, None);
+    let one = parse_at(&docker_pool(""), dir).unwrap();
+    assert!(one.pools[0].docker.as_ref().unwrap().docker_hosts.is_empty());
+
+    let line = 13; // the docker_hosts line of `docker_pool`
+    for (hosts, col, message) in [
+        (
+            "docker_hosts = [\"unix:///a.sock\", \"unix:///a.sock\"]",
+            35,
+            "docker_hosts lists \"unix:///a.sock\" twice; list each engine once",
+        ),
+        (
+            "docker_hosts = [\"unix:///a.sock\", \"/b.sock\"]",
+            35,
+            "docker_hosts \"/b.sock\" is not a Docker address; write e.g. \"unix:///var/run/docker.sock\" or \"tcp://10.0.0.5:2376\"",
+        ),
+        (
+            "docker_hosts = []",
+            16,
+            "docker_hosts is empty; list at least one engine, e.g. [\"unix:///var/run/docker.sock\"], or remove it to use docker_host",
+        ),
+    ] {
+        let err = parse_at(&docker_pool(hosts), dir).unwrap_err();
+        assert_eq!(
+            (err.line, err.col, err.message.as_str()),
+            (line, col, message),
+            "{hosts}"
+        );
+    }
 }

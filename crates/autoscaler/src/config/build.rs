@@ -592,8 +592,10 @@ impl Checker<'_> {
             return Err(self.error(&image.span(), "image is empty or has spaces; name an image, e.g. \"data.forgejo.org/forgejo/runner:12\""));
         }
         if let Some(host) = &raw.docker_host {
-            docker::check_docker_host(host.get_ref()).map_err(|e| self.error(&host.span(), e))?;
+            docker::check_docker_host("docker_host", host.get_ref())
+                .map_err(|e| self.error(&host.span(), e))?;
         }
+        let docker_hosts = self.docker_hosts(raw.docker_host.is_some(), raw.docker_hosts.as_ref())?;
         if let Some(cpus) = &raw.cpus {
             let n = *cpus.get_ref();
             if !(n.is_finite() && n > 0.0) {
@@ -647,6 +649,7 @@ impl Checker<'_> {
         Ok(DockerPoolConfig {
             image: image_text.to_string(),
             docker_host: raw.docker_host.map(Spanned::into_inner),
+            docker_hosts,
             cpus: raw.cpus.map(Spanned::into_inner),
             memory,
             pids_limit: raw.pids_limit.map(Spanned::into_inner),
@@ -656,6 +659,46 @@ impl Checker<'_> {
             read_only: raw.read_only.unwrap_or(false),
             pull_policy: raw.pull_policy.unwrap_or_default(),
         })
+    }
+}
+
+impl Checker<'_> {
+    /// `docker_hosts`: several engines for one pool. Not together with `docker_host` (which
+    /// one would win is not obvious), not empty, each address valid and listed once.
+    fn docker_hosts(
+        &mut self,
+        with_docker_host: bool,
+        list: Option<&Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<String>> {
+        let Some(list) = list else {
+            return Ok(Vec::new());
+        };
+        if with_docker_host {
+            return Err(self.error(
+                &list.span(),
+                "both docker_host and docker_hosts are set; keep docker_hosts (several engines) or docker_host (one engine), not both",
+            ));
+        }
+        if list.get_ref().is_empty() {
+            return Err(self.error(
+                &list.span(),
+                "docker_hosts is empty; list at least one engine, e.g. [\"unix:///var/run/docker.sock\"], or remove it to use docker_host",
+            ));
+        }
+        let mut hosts: Vec<String> = Vec::new();
+        for host in list.get_ref() {
+            let text = host.get_ref().trim();
+            docker::check_docker_host("docker_hosts", text)
+                .map_err(|e| self.error(&host.span(), e))?;
+            if hosts.iter().any(|h| h == text) {
+                return Err(self.error(
+                    &host.span(),
+                    format!("docker_hosts lists \"{text}\" twice; list each engine once"),
+                ));
+            }
+            hosts.push(text.to_string());
+        }
+        Ok(hosts)
     }
 }
 

@@ -110,6 +110,7 @@ pub(super) struct RawPool {
 pub(super) struct RawDocker {
     pub image: Option<At<String>>,
     pub docker_host: Option<At<String>>,
+    pub docker_hosts: Option<At<Vec<At<String>>>>,
     pub cpus: Option<At<f64>>,
     pub memory: Option<At<String>>,
     pub pids_limit: Option<At<u32>>,
