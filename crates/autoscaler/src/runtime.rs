@@ -162,6 +162,13 @@ impl Runtime {
                 wake.clone(),
             )));
         }
+        if config.pools.iter().any(|p| p.backend == BackendKind::Swarm) {
+            backends.add(Arc::new(crate::backend::swarm::SwarmBackend::new(
+                &config,
+                owner_id.clone(),
+                wake.clone(),
+            )));
+        }
         let scopes: Vec<ApiScope> = config
             .forgejo
             .scopes

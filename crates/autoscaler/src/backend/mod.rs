@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
 
 pub mod docker;
 pub mod process;
+pub mod swarm;
 
 use std::sync::Arc;
 

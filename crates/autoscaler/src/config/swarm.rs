@@ -143,9 +143,7 @@ pub(super) fn build(
     }
     let user = match &raw.user {
         None => None,
-        Some(user) => {
-            Some(check_numeric_user(user.get_ref()).map_err(|e| error(&user.span(), e))?)
-        }
+        Some(user) => Some(check_numeric_user(user.get_ref()).map_err(|e| error(&user.span(), e))?),
     };
     Ok(SwarmPoolConfig {
         image: image_text.to_string(),
@@ -303,7 +301,10 @@ limits = { cpus = 2, memory = "1g" }
         assert!(pool.docker.is_none());
         let swarm = pool.swarm.as_ref().unwrap();
         assert_eq!(swarm.image, "local/runner:1");
-        assert_eq!(swarm.docker_host.as_deref(), Some("unix:///run/manager.sock"));
+        assert_eq!(
+            swarm.docker_host.as_deref(),
+            Some("unix:///run/manager.sock")
+        );
         assert_eq!(swarm.network, SwarmNetwork::Named("runners".into()));
         assert_eq!(swarm.constraints.len(), 2);
         assert_eq!(swarm.user.as_deref(), Some("1000:1000"));
@@ -322,7 +323,8 @@ limits = { cpus = 2, memory = "1g" }
     #[test]
     fn defaults_and_the_host_network_warning() {
         let config =
-            load("backend = \"swarm\"\n[pools.swarm]\nimage = \"i\"\nnetwork = \"host\"\n").unwrap();
+            load("backend = \"swarm\"\n[pools.swarm]\nimage = \"i\"\nnetwork = \"host\"\n")
+                .unwrap();
         let swarm = config.pools[0].swarm.as_ref().unwrap();
         assert_eq!(swarm.network, SwarmNetwork::Host);
         assert_eq!(swarm.pull_policy, PullPolicy::Never);
@@ -459,7 +461,9 @@ limits = { cpus = 2, memory = "1g" }
     fn users() {
         assert_eq!(check_numeric_user(" 1000:1000 "), Ok("1000:1000".into()));
         assert_eq!(check_numeric_user("0"), Ok("0".into()));
-        assert!(check_numeric_user("runner").unwrap_err().contains("numeric"));
+        assert!(check_numeric_user("runner")
+            .unwrap_err()
+            .contains("numeric"));
         assert!(check_numeric_user("1000:runner").is_err());
         assert!(check_numeric_user("99999999999").is_err());
         assert!(check_numeric_user("1000:").is_err());

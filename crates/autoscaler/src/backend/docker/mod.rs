@@ -32,6 +32,9 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 pub use container::{labels, VOLUME_DIR, WORK_DIR};
+/// Shared with the swarm backend, which runs the same runner on the same kind of engine.
+pub(crate) use container::{host_mode_args, host_mode_runner_file, program_name};
+pub(crate) use engine::{describe, is_not_found, is_transport};
 use engine::Engine;
 
 use super::{
