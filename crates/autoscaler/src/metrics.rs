@@ -105,6 +105,10 @@ pub struct Metrics {
     pub orphan_registrations_removed: Counter,
     /// Forgejo 13/14 runner identities per pool, lent or free.
     pub identities: Family<IdentityLabel, Gauge>,
+    /// 1 while this process may create and delete (always, without `[ha]`), else 0.
+    pub leader: Gauge,
+    /// Times this process became the leader (`[ha]`).
+    pub leader_transitions: Counter,
     last_request_counts: Mutex<crate::forgejo::RequestCountsSnapshot>,
 }
 
@@ -136,6 +140,8 @@ impl Metrics {
             jobs_unmatched: Counter::default(),
             orphan_registrations_removed: Counter::default(),
             identities: Family::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
             registry: Registry::default(),
             last_request_counts: Mutex::default(),
         };
@@ -228,6 +234,16 @@ impl Metrics {
             "runner_identities",
             "Forgejo 13/14 runner identities by pool, lent or free",
             m.identities.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and may create and delete runners (always 1 without [ha])",
+            m.leader.clone(),
+        );
+        registry.register(
+            "leader_transitions",
+            "Times this replica became the leader ([ha])",
+            m.leader_transitions.clone(),
         );
         let build: Family<BuildLabel, Gauge> = Family::default();
         build

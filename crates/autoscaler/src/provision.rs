@@ -89,7 +89,7 @@ impl Provisioner {
         env: std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<Prepared> {
         let name = instance_id.to_string();
-        let description = format!("{} instance={instance_id}", self.owner_tag());
+        let description = runner_description(&self.owner_tag(), instance_id, &pool.name, job);
         let runner = self
             .client
             .create_runner(scope, &name, &description, true)
@@ -267,6 +267,30 @@ impl Provisioner {
         }
         Ok(token)
     }
+}
+
+/// The description of a Forgejo 15 runner: the owner tag (orphan collection), then what a
+/// replica that did not create the instance needs to adopt it after a failover (`[ha]`): the
+/// instance, its pool and the job attempt it was made for. Forgejo keeps it with the runner,
+/// so every replica can read it; none of it is secret (the handle is also in the runner's
+/// arguments and the instance's labels). Read back by `crate::ha::adopt`.
+pub fn runner_description(
+    owner_tag: &str,
+    instance_id: &str,
+    pool: &str,
+    job: Option<&JobRef>,
+) -> String {
+    let mut text = format!("{owner_tag} instance={instance_id} pool={pool}");
+    if let Some(job) = job {
+        text.push_str(&format!(" job={}", job.id));
+        if let Some(attempt) = job.attempt {
+            text.push_str(&format!(" attempt={attempt}"));
+        }
+        if let Some(handle) = &job.handle {
+            text.push_str(&format!(" handle={handle}"));
+        }
+    }
+    text
 }
 
 fn short_random() -> String {

@@ -178,13 +178,13 @@ impl Reconciler {
     }
 
     /// Nothing live and nothing in flight.
-    fn idle(&self) -> anyhow::Result<bool> {
+    pub(crate) fn idle(&self) -> anyhow::Result<bool> {
         let in_flight = self.in_flight.lock().map(|s| s.is_empty()).unwrap_or(false);
         Ok(in_flight && self.tasks.is_empty() && self.rt.store.live_instances()?.is_empty())
     }
 
     /// Jobs still allowed to get an instance under `--max-jobs`.
-    fn create_budget(&self, max: u32) -> u32 {
+    pub(crate) fn create_budget(&self, max: u32) -> u32 {
         let live_with_job = self
             .rt
             .store
@@ -202,9 +202,16 @@ impl Reconciler {
     /// After a restart: adopt what runs, remove what a crash interrupted.
     pub async fn recover(&mut self) -> anyhow::Result<()> {
         let records = self.rt.store.live_instances()?;
-        if records.is_empty() {
+        // With [ha] a new leader also adopts what a previous leader created: its own store
+        // does not know those instances (crate::ha::adopt).
+        let ha = self.rt.fence.leadership().is_some();
+        if records.is_empty() && !ha {
             return Ok(());
         }
+        let known: HashSet<(String, String)> = records
+            .iter()
+            .map(|r| (r.backend.clone(), r.id.clone()))
+            .collect();
         let listed = self.rt.backends.list_all().await;
         let mut by_id: HashMap<(&str, &str), &ObservedInstance> = HashMap::new();
         for (kind, list) in &listed {
@@ -241,6 +248,24 @@ impl Reconciler {
                         }),
                     }
                 }
+                // A removal this replica decided in an earlier term as leader: since then
+                // another leader may have adopted the instance and given it work, so what
+                // still runs is looked at afresh instead of being removed blindly.
+                InstanceState::Deleting
+                    if ha
+                        && by_id
+                            .get(&(record.backend.as_str(), record.id.as_str()))
+                            .is_some_and(|found| found.status == InstanceStatus::Running) =>
+                {
+                    self.rt.store.set_state(
+                        &record.id,
+                        InstanceState::Running,
+                        now,
+                        None,
+                        Some("removal decided in an earlier term; re-evaluated by this leader"),
+                    )?;
+                    adopted += 1;
+                }
                 InstanceState::Deleting => self.execute(Action::Delete {
                     id: record.id.clone(),
                     reason: Reason::TeardownRetry,
@@ -249,8 +274,74 @@ impl Reconciler {
                 InstanceState::Gone => {}
             }
         }
+        if ha {
+            adopted += self.adopt_unrecorded(&known, &listed).await?;
+        }
         tracing::info!(adopted, "recovered state from the store");
         Ok(())
+    }
+
+    /// `[ha]`: records for the instances a previous leader created (`crate::ha::adopt`).
+    /// Fails when a scope's runners cannot be listed: without them an instance's job is
+    /// unknown, and the caller retries rather than start with a partial picture.
+    async fn adopt_unrecorded(
+        &mut self,
+        known: &HashSet<(String, String)>,
+        listed: &BTreeMap<
+            &'static str,
+            Result<Vec<ObservedInstance>, crate::backend::BackendError>,
+        >,
+    ) -> anyhow::Result<usize> {
+        let unrecorded: Vec<(&str, &ObservedInstance)> = listed
+            .iter()
+            .flat_map(|(kind, list)| list.iter().flatten().map(move |i| (*kind, i)))
+            .filter(|(kind, i)| !known.contains(&(kind.to_string(), i.id.clone())))
+            .collect();
+        if unrecorded.is_empty() {
+            return Ok(0);
+        }
+        let mut runners = Vec::new();
+        if self.rt.strategy == Strategy::Ephemeral {
+            for scope in &self.rt.scopes {
+                let list = self.rt.client.list_runners(scope).await.map_err(|e| {
+                    anyhow::anyhow!("cannot list the runners of {scope} to adopt the instances of a previous leader: {e}")
+                })?;
+                runners.extend(list.into_iter().map(|r| (scope.clone(), r)));
+            }
+        }
+        let tag = self.rt.provisioner.owner_tag();
+        let fallback = self.rt.scopes.first().cloned().unwrap_or(ApiScope::User);
+        let pools: Vec<(&str, ApiScope)> = self
+            .rt
+            .pools
+            .iter()
+            .map(|p| {
+                let scope = p.scopes.as_ref().and_then(|s| s.first().cloned());
+                (p.name.as_str(), scope.unwrap_or_else(|| fallback.clone()))
+            })
+            .collect();
+        let now = now_ms();
+        let mut adopted = 0;
+        for (kind, instance) in unrecorded {
+            match crate::ha::adopt::adoption_record(kind, instance, &runners, &tag, &pools, now) {
+                Some(record) => {
+                    self.rt.store.insert_instance(&record)?;
+                    let detail = format!(
+                        "adopted from a previous leader: runner {:?}, job {:?} (handle {:?})",
+                        record.runner_id, record.job_id, record.job_handle
+                    );
+                    self.rt
+                        .store
+                        .record_event(now, Some(&record.id), "adopted", &detail)?;
+                    tracing::info!(instance = %record.id, pool = %record.pool, backend = kind, runner_id = record.runner_id, job = record.job_id, "adopted an instance a previous leader created");
+                    adopted += 1;
+                }
+                None => {
+                    tracing::info!(instance = %instance.id, backend = kind, "an instance without a record or a runner registration; left to the orphan collection")
+                }
+            }
+        }
+        Ok(adopted)
     }
 
     /// One observation, plan and dispatch.
@@ -264,7 +355,11 @@ impl Reconciler {
                 max_runners: self.rt.config.limits.max_runners,
             },
         );
-        self.apply(&observed, &plan);
+        // With [ha], a replica whose lease lapsed during the observation plans but does not act.
+        match self.rt.fence.check("acting on the plan") {
+            Ok(()) => self.apply(&observed, &plan),
+            Err(e) => tracing::info!(error = %e, "not acting on this tick's plan"),
+        }
         self.log_error_changes(&errors);
         let reachable = observed.jobs.iter().any(|s| s.jobs.is_some());
         if reachable {
@@ -358,7 +453,13 @@ impl Reconciler {
         for (kind, result) in rt.backends.list_all().await {
             rt.metrics.operation("list", result.is_ok());
             match result {
-                Ok(list) => listed.insert(kind.to_string(), Some(list)),
+                Ok(list) => {
+                    // A partial listing (an engine of several down) is reported like a failed one.
+                    if let Ok(backend) = rt.backends.get(kind) {
+                        errors.extend(backend.unlisted_parts());
+                    }
+                    listed.insert(kind.to_string(), Some(list))
+                }
                 Err(e) => {
                     errors.push(e.to_string());
                     listed.insert(kind.to_string(), None)
@@ -461,6 +562,13 @@ impl Reconciler {
             id,
             handle: record.job_handle.clone(),
         });
+        // Its part of the backend was not read (an engine of several is down): not missing.
+        let unlisted = record.backend_ref.as_deref().is_some_and(|r| {
+            self.rt
+                .backends
+                .get(&record.backend)
+                .is_ok_and(|b| b.unlisted(r))
+        });
         let m = &mut self.memory;
 
         let backend = match listed {
@@ -473,7 +581,7 @@ impl Reconciler {
                         InstanceStatus::Exited { code } => BackendObs::Exited { code },
                     }
                 }
-                None if record.state == InstanceState::Running => {
+                None if record.state == InstanceState::Running && !unlisted => {
                     let count = bump(&mut m.backend_missing, &record.id);
                     BackendObs::Missing { count }
                 }
@@ -895,8 +1003,8 @@ impl Reconciler {
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
                     let result = match rt.backends.get(&backend) {
-                        Ok(b) => b.delete(&key, Duration::from_secs(10)).await,
-                        Err(e) => Err(e),
+                        Ok(b) => rt.fence.guard("removing an orphan instance", b.delete(&key, Duration::from_secs(10))).await,
+                        Err(e) => Err(e.into()),
                     };
                     rt.metrics.operation("delete_orphan", result.is_ok());
                     match result {
@@ -919,7 +1027,8 @@ impl Reconciler {
                 }
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
-                    match rt.client.delete_runner(&scope, runner_id).await {
+                    let deleted = rt.fence.guard("deleting an orphan registration", rt.client.delete_runner(&scope, runner_id)).await;
+                    match deleted {
                         Ok(_) => {
                             rt.metrics.orphan_registrations_removed.inc();
                             tracing::info!(runner_id, %scope, reason = "orphan", "deleted a runner registration no instance uses");
@@ -932,6 +1041,47 @@ impl Reconciler {
                     }
                 });
             }
+        }
+    }
+}
+
+/// What the `[ha]` driver (`crate::ha::driver`) needs to run terms of leadership: the loop's
+/// waiting, and stopping without removing anything (the next leader adopts what runs).
+impl Reconciler {
+    /// Waits up to `poll` for a reason to tick early: a wake-up (a runner exited) or a
+    /// finished action. Returns whether there was one.
+    pub(crate) async fn wait_for_work(&mut self, poll: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => false,
+            _ = self.rt.wake.notified() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                true
+            }
+            Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => true,
+        }
+    }
+
+    /// Stops acting: gives the actions in flight up to `within` to finish (each is fenced, so
+    /// none starts a call after the lease lapsed), then abandons the rest. Nothing is removed:
+    /// instances stay for whoever leads next.
+    pub(crate) async fn stop_acting(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::info!(
+                        abandoned = self.tasks.len(),
+                        "abandoning actions still in flight"
+                    );
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                }
+            }
+        }
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.clear();
         }
     }
 }
@@ -997,19 +1147,37 @@ async fn create_instance(
         .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
     let backend = rt.backend_for_pool(pool_name)?;
     env.insert("HOME".into(), backend.work_dir(id).display().to_string());
+    // [ha] fencing: each call that creates something is made only while the lease is held,
+    // and abandoned if it is not done when the lease validity ends.
     let prepared = match rt.strategy {
         Strategy::Ephemeral => {
-            rt.provisioner
-                .prepare_ephemeral(id, pool, scope, job, &backend.work_dir(id), env)
+            rt.fence
+                .guard(
+                    "registering a runner",
+                    rt.provisioner.prepare_ephemeral(
+                        id,
+                        pool,
+                        scope,
+                        job,
+                        &backend.work_dir(id),
+                        env,
+                    ),
+                )
                 .await?
         }
         Strategy::Identities => {
-            rt.provisioner
-                .prepare_identity(id, pool, scope, env)
+            rt.fence
+                .guard(
+                    "lending a runner identity",
+                    rt.provisioner.prepare_identity(id, pool, scope, env),
+                )
                 .await?
         }
     };
-    let backend_ref = backend.create(prepared.spec).await?;
+    let backend_ref = rt
+        .fence
+        .guard("creating the instance", backend.create(prepared.spec))
+        .await?;
     rt.store.set_backend_ref(id, &backend_ref)?;
     rt.store.set_state(
         id,
@@ -1058,8 +1226,12 @@ pub(crate) async fn remove_instance(
     );
     let grace = Duration::from_secs(10);
     let removal = match rt.backends.get(&record.backend) {
-        Ok(backend) => backend.delete(id, grace).await,
-        Err(e) => Err(e),
+        Ok(backend) => {
+            rt.fence
+                .guard("removing an instance", backend.delete(id, grace))
+                .await
+        }
+        Err(e) => Err(e.into()),
     };
     let removal = match removal {
         Ok(removal) => removal,
@@ -1095,7 +1267,14 @@ pub(crate) async fn remove_instance(
                     return false;
                 }
             };
-            match rt.client.delete_runner(&scope, runner_id).await {
+            let deleted = match rt.fence.check("deleting a runner registration") {
+                Ok(()) => rt.client.delete_runner(&scope, runner_id).await,
+                Err(e) => {
+                    tracing::info!(instance = %id, error = %e, "registration left for the leader");
+                    return false;
+                }
+            };
+            match deleted {
                 Ok(_) => {}
                 Err(ForgejoError::Status { status: 404, .. }) => {}
                 Err(e) => {

@@ -29,6 +29,9 @@ pub struct Runtime {
     /// Woken when something happened that the next tick should see at once (a runner exited).
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Checked right before every create and delete: with `[ha]`, only while this replica
+    /// holds the lease; without, always open.
+    pub fence: crate::ha::Fence,
 }
 
 impl Runtime {
@@ -140,7 +143,12 @@ impl Runtime {
             Strategy::Identities
         };
         let store = Store::open(&config.store.path)?;
-        let owner_id = store.owner_id()?;
+        // With [ha], every replica must tag what it creates alike (the leader after a failover
+        // adopts what the previous one created): the id comes from the configuration.
+        let owner_id = match config.ha.as_ref().and_then(|ha| ha.owner_id.clone()) {
+            Some(id) => id,
+            None => store.owner_id()?,
+        };
         let state_dir = state_dir(&config);
         let wake = Arc::new(Notify::new());
         let mut backends = Backends::default();
@@ -209,6 +217,7 @@ impl Runtime {
             provisioner,
             wake,
             metrics,
+            fence: crate::ha::Fence::none(),
         })
     }
 }
@@ -230,11 +239,24 @@ pub fn lock_state_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     // SAFETY: flock(2) on a file descriptor we own; no memory is involved.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {
+        // The holder wrote its pid into the file; naming it saves the admin a search.
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .map(|pid| format!(" by process {pid}"))
+            .unwrap_or_default();
         anyhow::bail!(
-            "another forgejo-autoscaler (run or cleanup) is using the state directory {} ({} is locked); stop it first, or give this one its own [store] path",
+            "another forgejo-autoscaler (run or cleanup) is using the state directory {} ({} is locked{holder}); stop it first, or give this one its own [store] path. Two daemons on one store would both create and remove the same runners; to run several replicas for high availability, give each its own store and add an [ha] table (docs/high-availability.md)",
             dir.display(),
             path.display()
         );
+    }
+    // Best effort: the lock is the flock, the pid only makes the refusal above clearer.
+    {
+        use std::io::Write;
+        let mut writer = &file;
+        let _ = file.set_len(0);
+        let _ = writeln!(writer, "{}", std::process::id());
     }
     Ok(file)
 }

@@ -5,6 +5,7 @@
 //!   in-memory implementation that keeps the API server's 409 rule (tests).
 //! * `elector.rs`: the election state machine (acquire, renew, step down, release).
 //! * `kube.rs`: the trait on a real API server (kube-rs `Api<Lease>`).
+//! * `adopt.rs`: records for the instances a previous leader created.
 //! * `driver.rs`: runs the reconcile loop only while this replica leads.
 //!
 //! Fencing: [`Leadership`] holds the monotonic instant until which this replica may act
@@ -14,6 +15,8 @@
 //! `lease_duration` after it saw the last renew, which is later than that instant by at least
 //! `lease_duration - renew_deadline`. ARCHITECTURE.md (invariants) has the argument.
 
+pub mod adopt;
+pub mod driver;
 pub mod elector;
 pub mod lease;
 

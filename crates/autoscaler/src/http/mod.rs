@@ -120,7 +120,31 @@ fn max_tick_age_ms(state: &AppState) -> u64 {
 
 /// Ready when the last tick could read Forgejo's job lists and is recent. Not ready before
 /// the first tick, when Forgejo failed in the last tick, or when the loop is stuck.
+///
+/// With `[ha]`, a follower (which does not tick) is ready when it can read the lease, i.e.
+/// it would be able to take over; a leader answers as above.
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(leadership) = state.rt.fence.leadership() {
+        if leadership.view().role == crate::ha::Role::Follower {
+            let limit = state
+                .rt
+                .config
+                .ha
+                .as_ref()
+                .map(|ha| ha.lease_duration)
+                .unwrap_or(std::time::Duration::from_secs(15));
+            return match leadership.since_contact() {
+                Some(age) if age <= limit && leadership.view().lease_readable => {
+                    (StatusCode::OK, "ready (follower)\n").into_response()
+                }
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: follower that cannot read the lease from the API server\n",
+                )
+                    .into_response(),
+            };
+        }
+    }
     let (at_ms, reachable) = state
         .snapshot
         .lock()

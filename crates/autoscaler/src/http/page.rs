@@ -134,6 +134,9 @@ fn header(html: &mut String, status: &Status) {
         escape(&f.url),
         escape(&status.source),
     );
+    if let Some(ha) = &status.ha {
+        ha_line(html, ha);
+    }
     let t = &status.totals;
     let _ = write!(
         html,
@@ -164,6 +167,39 @@ fn header(html: &mut String, status: &Status) {
         }
         html.push_str("</ul>");
     }
+}
+
+/// `[ha]`: which replica this is and who leads. A follower observes nothing, so its page
+/// shows no instances: it points at the leader.
+fn ha_line(html: &mut String, ha: &super::status::HaStatus) {
+    let generation = ha
+        .generation
+        .map(|g| format!(", generation {g}"))
+        .unwrap_or_default();
+    let role = if ha.role == "leader" && ha.acting {
+        "<b class=\"ok\">leader</b> (creates and removes runners)".to_string()
+    } else if ha.role == "leader" {
+        "<b class=\"bad\">leader, NOT acting</b> (the lease could not be renewed)".to_string()
+    } else {
+        "<b>follower</b> (observes nothing, creates and removes nothing; the leader's page has the runners)".to_string()
+    };
+    let leader = match &ha.leader {
+        Some(leader) => format!("leader <b>{}</b>", escape(leader)),
+        None => "no leader".to_string(),
+    };
+    let lease = if ha.lease_readable {
+        String::new()
+    } else {
+        " <span class=\"bad\">the API server could not be reached about the lease</span>"
+            .to_string()
+    };
+    let _ = write!(
+        html,
+        "<p id=\"ha\">This replica, {}: {role}, for {}. Lease {}: {leader}{generation}.{lease}</p>",
+        escape(&ha.identity),
+        age(ha.role_age_s),
+        escape(&ha.lease),
+    );
 }
 
 fn pools(html: &mut String, status: &Status) {
@@ -521,6 +557,7 @@ pub fn synthetic_status(n: usize) -> Status {
             .collect(),
         instances,
         errors: Vec::new(),
+        ha: None,
     }
 }
 

@@ -40,6 +40,46 @@ pub struct Status {
     pub unmatched_jobs: Vec<UnmatchedJob>,
     /// What could not be read in the last tick (Forgejo, a backend, the store).
     pub errors: Vec<String>,
+    /// `[ha]`: this replica's role and the current leader; absent without `[ha]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// The election as this replica sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// `leader` or `follower`.
+    pub role: String,
+    pub identity: String,
+    /// `namespace/name` of the lease.
+    pub lease: String,
+    /// The holder of the lease as last read (`None`: nobody).
+    pub leader: Option<String>,
+    /// `leaseTransitions`: the fencing generation.
+    pub generation: Option<i32>,
+    /// Whether this replica may create and delete right now (a leader whose renewals fail
+    /// stops before its lease can expire).
+    pub acting: bool,
+    /// Whether the last call about the lease reached the API server.
+    pub lease_readable: bool,
+    /// Seconds in the current role.
+    pub role_age_s: f64,
+}
+
+impl HaStatus {
+    pub fn of(leadership: &crate::ha::Leadership, now_ms: u64) -> HaStatus {
+        let view = leadership.view();
+        HaStatus {
+            role: view.role.as_str().into(),
+            identity: view.identity,
+            lease: view.lease,
+            leader: view.leader,
+            generation: view.generation,
+            acting: leadership.acting(),
+            lease_readable: view.lease_readable,
+            role_age_s: seconds(now_ms.saturating_sub(view.since_ms)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,6 +391,7 @@ pub fn build_status(rt: &Runtime, snapshot: &Snapshot) -> Status {
         events,
         unmatched_jobs,
         errors: snapshot.errors.clone(),
+        ha: rt.fence.leadership().map(|l| HaStatus::of(l, now)),
     }
 }
 
@@ -417,6 +458,7 @@ pub fn status_from_store(config: &Config, store: &Store) -> anyhow::Result<Statu
         events,
         unmatched_jobs: Vec::new(),
         errors: Vec::new(),
+        ha: None,
     })
 }
 
