@@ -281,7 +281,14 @@ pub async fn run_daemon(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u32> {
     let _lock = crate::runtime::lock_state_dir(&config)?;
+    if let Some(ha) = config.ha.clone() {
+        // Replicas: one leader, elected on a Lease (docs/high-availability.md).
+        let (lease, namespace) = crate::ha::kube::connect(&ha).await?;
+        return crate::ha::driver::run(config, ha, lease, &namespace, options, shutdown).await;
+    }
     let rt = Arc::new(Runtime::start(config).await?);
+    // A single instance always acts.
+    rt.metrics.leader.set(1);
     let reconciler = Reconciler::new(rt.clone());
     let server = crate::http::serve(rt.clone(), reconciler.snapshot.clone()).await?;
     let result = reconciler.run(options, shutdown).await;

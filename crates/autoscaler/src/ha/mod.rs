@@ -18,6 +18,7 @@
 pub mod adopt;
 pub mod driver;
 pub mod elector;
+pub mod kube;
 pub mod lease;
 
 use std::sync::{Arc, Mutex};
