@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /_fake/stats` | requests by verb and resource, max requests in one second, open watches, object counts |
 //! | `POST /_fake/faults` `{"status":500,"count":3,"method":"POST","pathPrefix":"/api/v1/namespaces/ci/pods","watch":false,"retryAfterSeconds":1}` | the next matching API requests fail with that status (a Status body; 429 with `Retry-After`) |
+//! | the same with `"afterProcessing":true` | the request is carried out, then answered with the fault (a lost response) |
 //! | `DELETE /_fake/faults` | removes every fault rule |
 //! | `POST /_fake/watches/drop` | ends every open watch stream (clients must resume) |
 //! | `POST /_fake/compact` | drops the event history: a watch resumed from an older version gets 410 |

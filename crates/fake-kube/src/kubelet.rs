@@ -321,7 +321,9 @@ impl PodRun {
             }
             outcome = rx.recv() => match outcome {
                 Some(Outcome::Delete { grace }) => {
-                    self.stop(child, grace).await;
+                    // As the kubelet does: the final status first, then the object goes.
+                    let code = self.stop(child, grace).await;
+                    self.update(|p| podstatus::terminated(p, &Ending::exited(code)));
                     self.remove();
                     self.finish();
                 }

@@ -99,6 +99,10 @@ pub struct Fault {
     /// Sent as `Retry-After` and `details.retryAfterSeconds`.
     #[serde(default)]
     pub retry_after_seconds: Option<u32>,
+    /// Carry the request out, then answer with the fault anyway (a response lost after the
+    /// change was made, e.g. a timeout between the API server and the client).
+    #[serde(default)]
+    pub after_processing: bool,
 }
 
 fn one() -> u32 {
@@ -198,7 +202,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fault_for(&self, method: &Method, path: &str, watch: bool) -> Option<ApiError> {
+    fn fault_for(&self, method: &Method, path: &str, watch: bool) -> Option<(ApiError, bool)> {
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let index = faults.iter().position(|f| {
             f.method
@@ -217,7 +221,10 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .faults_injected += 1;
-        Some(ApiError::fault(fault.status, fault.retry_after_seconds))
+        Some((
+            ApiError::fault(fault.status, fault.retry_after_seconds),
+            fault.after_processing,
+        ))
     }
 
     pub fn count(&self, verb: &str, resource: &str) {
@@ -265,15 +272,20 @@ pub async fn dispatch(
         }
     }
     let watch = is_true(&query, "watch");
-    if let Some(error) = shared.fault_for(&method, &path, watch) {
-        // A failed attempt is a request all the same (client retry and QPS tests count it).
-        if let Some(target) = parse_path(&path) {
-            shared.count(
-                crate::api::verb(&method, &target, watch),
-                target.resource.plural(),
-            );
+    let mut lost_response = None;
+    if let Some((error, after_processing)) = shared.fault_for(&method, &path, watch) {
+        if after_processing {
+            lost_response = Some(error);
+        } else {
+            // A failed attempt is a request all the same (client retry and QPS tests count it).
+            if let Some(target) = parse_path(&path) {
+                shared.count(
+                    crate::api::verb(&method, &target, watch),
+                    target.resource.plural(),
+                );
+            }
+            return error.into_response();
         }
-        return error.into_response();
     }
     match path.as_str() {
         "/version" => {
@@ -298,7 +310,11 @@ pub async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    crate::api::handle(shared, method, target, query, &content_type, body).await
+    let response = crate::api::handle(shared, method, target, query, &content_type, body).await;
+    match lost_response {
+        Some(error) => error.into_response(),
+        None => response,
+    }
 }
 
 /// Parses a JSON request body.

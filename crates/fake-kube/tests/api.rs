@@ -647,10 +647,32 @@ async fn faults_answer_with_statuses_and_retry_after() {
         201
     );
     assert_eq!(api.send("GET", SECRETS, None).await.0, 200);
-    let (_, stats) = api.send("GET", "/_fake/stats", None).await;
-    assert_eq!(stats["faultsInjected"], 2);
+    // A lost response: the object was made, the client saw a 504, a retry gets 409.
+    api.send(
+        "POST",
+        "/_fake/faults",
+        Some(json!({"status": 504, "method": "POST", "pathPrefix": SECRETS, "afterProcessing": true})),
+    )
+    .await;
+    let (code, status) = api
+        .send("POST", SECRETS, Some(json!({"metadata": {"name": "lost"}})))
+        .await;
+    assert_eq!((code, status["reason"].as_str()), (504, Some("Timeout")));
     assert_eq!(
-        stats["requests"]["create secrets"], 2,
+        api.send("GET", &format!("{SECRETS}/lost"), None).await.0,
+        200
+    );
+    let (code, status) = api
+        .send("POST", SECRETS, Some(json!({"metadata": {"name": "lost"}})))
+        .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    let (_, stats) = api.send("GET", "/_fake/stats", None).await;
+    assert_eq!(stats["faultsInjected"], 3);
+    assert_eq!(
+        stats["requests"]["create secrets"], 4,
         "a failed attempt counts too"
     );
 }
