@@ -85,6 +85,12 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another forgejo-autoscaler"), "{stderr}");
+    // It names the process that holds the store, and where replicas are explained.
+    assert!(
+        stderr.contains(&format!("locked by process {}", first.id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("docs/high-availability.md"), "{stderr}");
     let cleanup = Command::new(AUTOSCALER)
         .args(["cleanup", "-c", config.to_str().unwrap()])
         .current_dir(env.path())
