@@ -62,6 +62,11 @@ pub async fn remove_everything(rt: &Runtime) -> anyhow::Result<CleanupReport> {
         let backend = rt.backends.get(kind)?;
         match listed {
             Ok(list) => {
+                // Parts that could not be listed (an engine of several is down) may hold ours.
+                for part in backend.unlisted_parts() {
+                    tracing::warn!(backend = kind, error = %part, "cannot list part of the backend");
+                    report.failures += 1;
+                }
                 for instance in list {
                     match backend
                         .delete(&instance.id, std::time::Duration::from_secs(10))

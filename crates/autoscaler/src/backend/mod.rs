@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
 
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 pub mod swarm;
 
@@ -99,6 +100,17 @@ pub trait Backend: Send + Sync {
     ) -> BoxFuture<'a, Result<Removal, BackendError>>;
     /// Every instance this autoscaler owns on this backend, running or exited.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>>;
+    /// Whether the instance whose stored reference is `backend_ref` lives in a part of the
+    /// backend that the latest `list()` could not read (one engine of several was down). Such an
+    /// instance is unknown, not missing: it must not be declared lost for that. Backends that
+    /// list everything or fail keep the default.
+    fn unlisted(&self, _backend_ref: &str) -> bool {
+        false
+    }
+    /// Why parts of the backend were left out of the latest `list()`, one message per part.
+    fn unlisted_parts(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The backends in use, by kind (`process`, `docker`, ...).
