@@ -410,5 +410,8 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
         lease["spec"]["leaseTransitions"].as_i64() >= Some(1),
         "{lease}"
     );
+    if std::env::var_os("E2E_HA_LOGS").is_some() {
+        println!("{}", env.logs());
+    }
     let _ = b.name;
 }

@@ -182,7 +182,8 @@ impl Fence {
     }
 
     /// Runs `call` if this replica may act now, and abandons it (drops the future, which
-    /// closes its connection) when the lease validity ends before it completes.
+    /// closes its connection) when the lease validity ends before it completes. Renewals
+    /// during the call extend the validity: only a lapse ends it.
     pub async fn guard<T, E>(
         &self,
         operation: &'static str,
@@ -192,15 +193,23 @@ impl Fence {
         E: Into<anyhow::Error>,
     {
         self.check(operation)?;
-        let Some(until) = self.0.as_ref().and_then(|l| l.valid_until()) else {
+        let Some(leadership) = self.0.as_ref() else {
             return call.await.map_err(Into::into);
         };
-        tokio::select! {
-            result = call => result.map_err(Into::into),
-            _ = tokio::time::sleep_until(until) => Err(Fenced {
-                lease: self.0.as_ref().map(|l| l.view.borrow().lease.clone()).unwrap_or_default(),
-                operation,
-            }.into()),
+        tokio::pin!(call);
+        loop {
+            let Some(until) = leadership.valid_until().filter(|u| *u > Instant::now()) else {
+                return Err(Fenced {
+                    lease: leadership.view.borrow().lease.clone(),
+                    operation,
+                }
+                .into());
+            };
+            tokio::select! {
+                result = &mut call => return result.map_err(Into::into),
+                // Look again: a renew may have moved the instant on.
+                _ = tokio::time::sleep_until(until) => {}
+            }
         }
     }
 }
@@ -245,6 +254,45 @@ mod tests {
         assert!(err.contains("fenced before create"), "{err}");
         assert!(fence.check("delete").is_err());
         assert!(Fence::none().check("delete").is_ok());
+    }
+
+    /// A call longer than the validity left when it started completes if the lease is renewed
+    /// meanwhile (found by e2e_ha: 3 s container creations were abandoned under a 3 s
+    /// renew_deadline although every renew succeeded).
+    #[tokio::test(start_paused = true)]
+    async fn renewals_during_a_call_keep_it_alive() {
+        let leadership = Leadership::new("me", "ns/lease");
+        let fence = Fence::of(leadership.clone());
+        let second = std::time::Duration::from_secs(1);
+        leadership.set_valid_until(Some(Instant::now() + 2 * second));
+        let renewer = {
+            let leadership = leadership.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(second).await;
+                    leadership.set_valid_until(Some(Instant::now() + 2 * second));
+                }
+            })
+        };
+        let long = fence
+            .guard("create", async {
+                tokio::time::sleep(4 * second).await;
+                Ok::<_, std::io::Error>("done")
+            })
+            .await;
+        assert_eq!(long.unwrap(), "done");
+        renewer.await.unwrap();
+        // The last renewal was at 5 s (now): the validity ends at 7 s and a call still
+        // running then is abandoned.
+        let started = Instant::now();
+        let cut = fence
+            .guard("create", async {
+                tokio::time::sleep(10 * second).await;
+                Ok::<_, std::io::Error>("done")
+            })
+            .await;
+        assert!(cut.is_err());
+        assert_eq!(Instant::now() - started, 2 * second);
     }
 
     #[test]
