@@ -11,8 +11,10 @@
 //!   exited instance, so a restart removes it with its record, and the orphan collection
 //!   removes it when there is no record.
 //! * Removal reads the task's exit code, Swarm's note on a failed task and the last log lines
-//!   first, then removes the service (Swarm stops a running task with SIGTERM and the stop
-//!   grace period), then the secrets.
+//!   first, then removes the service, then the secrets. A task still running is stopped first
+//!   when its container is on the manager's own engine (SIGTERM, the removal's grace, then
+//!   its exit code is read as the docker backend does); on another node, removing the service
+//!   stops it (SIGTERM and the service's stop grace period) and its exit code is not known.
 //! * Engine errors carry the engine's message; the reconciler backs off per pool.
 
 mod events;
@@ -33,6 +35,7 @@ use bollard::{
     models::{NodeState, Service},
     query_parameters::{
         ListNodesOptions, ListSecretsOptions, ListServicesOptions, ListTasksOptions, LogsOptions,
+        StopContainerOptions,
     },
     Docker,
 };
@@ -179,7 +182,10 @@ impl SwarmBackend {
                 }
             }
         }
-        let request = service::service_spec(&spec, pool, &self.owner_id, mounted.args, mounts);
+        let api = client.client_version();
+        let mode = service::Mode::for_api(api.major_version, api.minor_version);
+        let request =
+            service::service_spec(&spec, pool, &self.owner_id, mounted.args, mounts, mode);
         let created = match client.create_service(request, None).await {
             Ok(created) => created,
             Err(e) => {
@@ -197,11 +203,11 @@ impl SwarmBackend {
         .unwrap_or_default())
     }
 
-    async fn delete_instance(&self, id: &str, _grace: Duration) -> Result<Removal, BackendError> {
+    async fn delete_instance(&self, id: &str, grace: Duration) -> Result<Removal, BackendError> {
         let mut removal = Removal::default();
         let mut failures = Vec::new();
         for manager in self.managers.values() {
-            match self.delete_on(manager, id).await {
+            match self.delete_on(manager, id, grace).await {
                 Ok(Some(found)) => removal = found,
                 Ok(None) => {}
                 Err(e) => failures.push(e.message),
@@ -223,6 +229,7 @@ impl SwarmBackend {
         &self,
         manager: &Manager,
         id: &str,
+        grace: Duration,
     ) -> Result<Option<Removal>, BackendError> {
         let client = manager.client().await?;
         let options = ListServicesOptions {
@@ -247,7 +254,21 @@ impl SwarmBackend {
             };
             let down = down_nodes(&client).await.unwrap_or_default();
             let task = status::current_task(&tasks);
-            let state = status::instance_status(task, &down);
+            let (exit_code, stopped_by_us) = match status::instance_status(task, &down) {
+                InstanceStatus::Exited { code } => (code, false),
+                InstanceStatus::Running => {
+                    let container = task
+                        .and_then(|t| t.status.as_ref())
+                        .and_then(|s| s.container_status.as_ref())
+                        .and_then(|c| c.container_id.as_deref());
+                    match container {
+                        Some(container) => stop_local(&client, container, grace)
+                            .await
+                            .unwrap_or((None, true)),
+                        None => (None, true),
+                    }
+                }
+            };
             let mut tail = log_tail(&client, service_id).await;
             if let Some(note) = status::task_note(task, &down) {
                 tail = Some(match tail {
@@ -260,11 +281,6 @@ impl SwarmBackend {
                 Err(e) if docker::is_not_found(&e) => {}
                 Err(e) => return Err(manager.error("removing the service", &e).await),
             }
-            let (exit_code, stopped_by_us) = match state {
-                // Swarm stops it (SIGTERM, then the stop grace period) as the service goes.
-                InstanceStatus::Running => (None, true),
-                InstanceStatus::Exited { code } => (code, false),
-            };
             tracing::debug!(instance = %id, manager = %manager.address(), service = %service_id, ?exit_code, stopped_by_us, "runner service removed");
             removal = Some(Removal {
                 exit_code,
@@ -299,7 +315,7 @@ impl SwarmBackend {
     async fn list_instances(&self) -> Result<Vec<ObservedInstance>, BackendError> {
         let mut found = Vec::new();
         for manager in self.managers.values() {
-            self.list_on(manager, &mut found).await?;
+            self.list_on(manager, &mut found, 3).await?;
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
@@ -309,6 +325,7 @@ impl SwarmBackend {
         &self,
         manager: &Arc<Manager>,
         found: &mut Vec<ObservedInstance>,
+        attempts: u32,
     ) -> Result<(), BackendError> {
         let client = manager.client().await?;
         self.watch(manager);
@@ -326,6 +343,11 @@ impl SwarmBackend {
         } else {
             match list_tasks(&client, &ids).await {
                 Ok(tasks) => tasks,
+                // A service removed between the two listings (by a removal running at the
+                // same time) makes the whole filtered listing fail: list again.
+                Err(e) if docker::is_not_found(&e) && attempts > 1 => {
+                    return Box::pin(self.list_on(manager, found, attempts - 1)).await;
+                }
                 Err(e) => return Err(manager.error("listing tasks", &e).await),
             }
         };
@@ -421,6 +443,45 @@ fn backend_ref(manager: &Manager, service: &str) -> String {
         service,
     })
     .unwrap_or_default()
+}
+
+/// Stops a running task container when it is on this engine (the manager's own node), the way
+/// the docker backend stops its containers, and reads its exit code. `None` when the container
+/// is not here (another node) or the engine refused: the service's removal stops it then.
+/// `Some((code, stopped_by_us))` otherwise.
+async fn stop_local(
+    client: &Docker,
+    container: &str,
+    grace: Duration,
+) -> Option<(Option<i32>, bool)> {
+    let state = client
+        .inspect_container(container, None)
+        .await
+        .ok()?
+        .state?;
+    let mut stopped_by_us = false;
+    if state.running.unwrap_or(false) {
+        let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
+        let stop = StopContainerOptions {
+            t: Some(seconds),
+            ..Default::default()
+        };
+        match client.stop_container(container, Some(stop)).await {
+            Ok(()) => stopped_by_us = true,
+            // 304: it ended on its own in between.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(_) => return None,
+        }
+    }
+    let state = client
+        .inspect_container(container, None)
+        .await
+        .ok()?
+        .state?;
+    let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
+    Some((code, stopped_by_us))
 }
 
 /// The tasks of the given services.

@@ -3,7 +3,11 @@
 //!
 //! * Mode replicated-job with one completion and at most one task at a time, restart
 //!   condition none: the runner runs once, and a runner that exits (or a node that dies) is
-//!   never restarted by Swarm; the reconciler decides what comes next.
+//!   never restarted by Swarm; the reconciler decides what comes next. On engines older than
+//!   Docker 24 (API < 1.43, e.g. Debian's 20.10) removing a job service leaves its tasks in
+//!   the swarm's store and its containers on the nodes (moby#42789, moby#44312, fixed by
+//!   moby#45106), one leak per job; there the service is a replicated one with one replica
+//!   and restart condition none instead, which runs once just the same and is cleaned up.
 //! * The ownership labels of the container backend, on the service (how the autoscaler lists
 //!   and adopts) and on its task containers (so `docker ps` on any node tells them apart).
 //! * The runner's HOME and working directory is `/tmp` of the image, inside the task
@@ -15,8 +19,8 @@ use std::{collections::HashMap, time::Duration};
 
 use bollard::models::{
     Limit, NetworkAttachmentConfig, ResourceObject, ServiceSpec, ServiceSpecMode,
-    ServiceSpecModeReplicatedJob, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecSecrets,
-    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    ServiceSpecModeReplicated, ServiceSpecModeReplicatedJob, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum,
 };
 
@@ -31,6 +35,28 @@ use crate::{
 pub const WORK_DIR: &str = "/tmp";
 /// How long the runner gets after SIGTERM when its service is removed while it runs.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The first API version whose engines remove a job service's tasks with it (Docker 24).
+pub const JOBS_CLEANED_UP_FROM: (usize, usize) = (1, 43);
+
+/// How the service runs its one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `replicated-job`: one completion, at most one task at a time.
+    Job,
+    /// `replicated` with one replica (restart condition none makes it run once).
+    OneReplica,
+}
+
+impl Mode {
+    /// The mode for an engine speaking API `major.minor` (negotiated).
+    pub fn for_api(major: usize, minor: usize) -> Mode {
+        if (major, minor) >= JOBS_CLEANED_UP_FROM {
+            Mode::Job
+        } else {
+            Mode::OneReplica
+        }
+    }
+}
 
 /// The labels of an instance's service, task containers and secrets.
 pub fn instance_labels(spec: &InstanceSpec, owner_id: &str) -> HashMap<String, String> {
@@ -54,6 +80,7 @@ pub fn service_spec(
     owner_id: &str,
     args: Vec<String>,
     secrets: Vec<TaskSpecContainerSpecSecrets>,
+    mode: Mode,
 ) -> ServiceSpec {
     let labels = instance_labels(spec, owner_id);
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -98,12 +125,18 @@ pub fn service_spec(
         name: Some(names::service_name(&spec.id)),
         labels: Some(labels),
         task_template: Some(task),
-        mode: Some(ServiceSpecMode {
-            replicated_job: Some(ServiceSpecModeReplicatedJob {
-                max_concurrent: Some(1),
-                total_completions: Some(1),
-            }),
-            ..Default::default()
+        mode: Some(match mode {
+            Mode::Job => ServiceSpecMode {
+                replicated_job: Some(ServiceSpecModeReplicatedJob {
+                    max_concurrent: Some(1),
+                    total_completions: Some(1),
+                }),
+                ..Default::default()
+            },
+            Mode::OneReplica => ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+                ..Default::default()
+            },
         }),
         ..Default::default()
     }
@@ -210,6 +243,7 @@ mod tests {
             "owner-xyz",
             vec!["one-job".into()],
             vec![],
+            Mode::Job,
         );
         assert_eq!(
             request.name.as_deref(),
@@ -260,11 +294,34 @@ mod tests {
             (Some(500_000_000), Some(256 << 20))
         );
         assert_eq!(task.networks.unwrap()[0].target.as_deref(), Some("runners"));
-        let text =
-            serde_json::to_string(&service_spec(&spec(), &pool(), "o", vec![], vec![])).unwrap();
+        let text = serde_json::to_string(&service_spec(
+            &spec(),
+            &pool(),
+            "o",
+            vec![],
+            vec![],
+            Mode::Job,
+        ))
+        .unwrap();
         assert!(
             !text.contains("tok-value"),
             "the credential is not in the service: {text}"
+        );
+    }
+
+    #[test]
+    fn older_engines_get_one_replica_instead_of_a_job() {
+        assert_eq!(Mode::for_api(1, 41), Mode::OneReplica);
+        assert_eq!(Mode::for_api(1, 43), Mode::Job);
+        assert_eq!(Mode::for_api(1, 53), Mode::Job);
+        let request = service_spec(&spec(), &pool(), "o", vec![], vec![], Mode::OneReplica);
+        let mode = request.mode.unwrap();
+        assert_eq!(mode.replicated.unwrap().replicas, Some(1));
+        assert_eq!(mode.replicated_job, None);
+        let restart = request.task_template.unwrap().restart_policy.unwrap();
+        assert_eq!(
+            restart.condition,
+            Some(TaskSpecRestartPolicyConditionEnum::NONE)
         );
     }
 
@@ -276,7 +333,7 @@ mod tests {
         p.reservations = SwarmResources::default();
         p.limits = SwarmResources::default();
         p.user = None;
-        let task = service_spec(&spec(), &p, "o", vec![], vec![])
+        let task = service_spec(&spec(), &p, "o", vec![], vec![], Mode::Job)
             .task_template
             .unwrap();
         assert_eq!(task.networks, None);
@@ -285,7 +342,7 @@ mod tests {
         assert_eq!((resources.limits, resources.reservations), (None, None));
         assert_eq!(task.container_spec.unwrap().user, None);
         p.network = SwarmNetwork::Host;
-        let task = service_spec(&spec(), &p, "o", vec![], vec![])
+        let task = service_spec(&spec(), &p, "o", vec![], vec![], Mode::Job)
             .task_template
             .unwrap();
         assert_eq!(task.networks.unwrap()[0].target.as_deref(), Some("host"));
