@@ -766,8 +766,9 @@ async fn sigkill_restart_adopts_services_and_collects_orphans_v15() {
             "-d",
             "--name",
             name,
-            "--mode",
-            "replicated-job",
+            // One replica, not a job: Docker 20.10 leaves a removed job's containers.
+            "--replicas",
+            "1",
             "--restart-condition",
             "none",
             "--network",
