@@ -877,3 +877,114 @@ async fn a_missing_image_backs_off_with_a_clear_message() {
         env.leftovers(2).await
     );
 }
+
+/// The per-job cost of Swarm over plain containers: the same burst (6 jobs, cap 3, Forgejo
+/// 15) through a docker pool and through a swarm pool on the same engine. Measured per runner:
+/// the container backend's container creation -> start, the swarm backend's service creation
+/// -> task container start; and per job, the wait (queued -> picked by its runner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_overhead_compared_with_the_docker_backend() {
+    if !swarm_ready() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut results = Vec::new();
+    for backend in ["docker", "swarm"] {
+        let env = Env::start("15").await;
+        let pool = unique_pool();
+        let _guard = PoolGuard(pool.clone());
+        let config = write_swarm_config(&env, &pool, 3);
+        if backend == "docker" {
+            let text = std::fs::read_to_string(&config).unwrap();
+            let head = &text[..text.find("[pools.swarm]").unwrap()];
+            let text = format!(
+                "{}[pools.docker]\nimage = \"{IMAGE}\"\nnetwork = \"host\"\nuser = \"1000:1000\"\n",
+                head.replace("backend = \"swarm\"", "backend = \"docker\"")
+            );
+            std::fs::write(&config, text).unwrap();
+        }
+        env.commit_workflow("burst.yml", &Env::burst_yaml(6, "sleep 1"))
+            .await;
+        let mut daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+        let mut delays = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if backend == "swarm" {
+                record_start_delays(&env, &pool, &mut delays);
+            } else {
+                for container in containers(&env, &pool, true) {
+                    if delays.contains_key(&container) {
+                        continue;
+                    }
+                    let Ok(out) = try_docker(&[
+                        "inspect",
+                        "--format",
+                        "{{.Created}} {{.State.StartedAt}}",
+                        &container,
+                    ]) else {
+                        continue;
+                    };
+                    let mut parts = out.split_whitespace();
+                    if let (Some(Some(a)), Some(Some(b))) = (
+                        parts.next().map(unix_seconds),
+                        parts
+                            .next()
+                            .filter(|t| !t.starts_with("0001-"))
+                            .map(unix_seconds),
+                    ) {
+                        delays.insert(container, b - a);
+                    }
+                }
+            }
+            let total = env.sim_jobs().await.len();
+            if total >= 6 && env.finished_jobs().await == total {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: jobs unfinished\n{}",
+                env.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let sim_jobs = env.sim_jobs().await;
+        assert!(
+            sim_jobs.iter().all(|j| j.status == "success"),
+            "{backend}: {sim_jobs:?}"
+        );
+        let mut delays: Vec<f64> = delays.into_values().collect();
+        let mut waits = job_waits(&env).await;
+        assert!(
+            !delays.is_empty(),
+            "{backend}: no runner start was measured"
+        );
+        let row = (
+            backend,
+            median(&mut delays),
+            delays.len(),
+            median(&mut waits),
+        );
+        eprintln!(
+            "{backend}: runner created -> started: median {:.2}s over {} runners; job wait median {:.2}s",
+            row.1, row.2, row.3
+        );
+        results.push(row);
+        let status = terminate(&mut daemon, Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{backend}: exit {status:?}\n{}",
+            env.logs()
+        );
+        assert_nothing_left(&env, &pool, 3).await;
+    }
+    let (docker_start, swarm_start) = (results[0].1, results[1].1);
+    eprintln!(
+        "swarm overhead over docker, runner creation -> start: {:+.2}s (median); job wait: {:+.2}s (median)",
+        swarm_start - docker_start,
+        results[1].3 - results[0].3
+    );
+    assert!(
+        swarm_start < 10.0,
+        "a swarm task took {swarm_start:.2}s (median) from service creation to start"
+    );
+}
