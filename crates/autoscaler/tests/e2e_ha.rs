@@ -29,7 +29,9 @@ use support::*;
 const IMAGE: &str = "local/forgejo-runner-stand-in:latest";
 const POOL_LABEL: &str = "org.forgejo.autoscaler.pool";
 const HANDLE_LABEL: &str = "org.forgejo.autoscaler.job-handle";
-const JOBS: u32 = 30;
+const JOBS: u32 = 24;
+/// Longer than the failover, so that the new leader finds runners busy with their jobs.
+const JOB_SECONDS: u32 = 10;
 const CAP: u32 = 6;
 const LEASE: &str = "forgejo-autoscaler-e2e";
 
@@ -185,19 +187,19 @@ memory = "256m"
         Some(self.ha().await?["role"].as_str()?.to_string())
     }
 
-    /// `(ts_ms, kind)` of the events this replica's store recorded.
-    fn events(&self) -> Vec<(i64, String, String)> {
+    /// `(ts_ms, kind, instance, detail)` of the events this replica's store recorded.
+    fn events(&self) -> Vec<(i64, String, String, String)> {
         let Ok(conn) = rusqlite::Connection::open(self.dir.join("state/autoscaler.db")) else {
             return Vec::new();
         };
         let _ = conn.busy_timeout(Duration::from_secs(5));
-        let Ok(mut statement) =
-            conn.prepare("SELECT ts_ms, kind, COALESCE(instance_id, '') FROM events ORDER BY id")
-        else {
+        let Ok(mut statement) = conn.prepare(
+            "SELECT ts_ms, kind, COALESCE(instance_id, ''), detail FROM events ORDER BY id",
+        ) else {
             return Vec::new();
         };
         statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .map(|rows| rows.flatten().collect())
             .unwrap_or_default()
     }
@@ -263,8 +265,11 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
         })
     };
 
-    env.commit_workflow("burst.yml", &Env::burst_yaml(JOBS, "sleep 4"))
-        .await;
+    env.commit_workflow(
+        "burst.yml",
+        &Env::burst_yaml(JOBS, &format!("sleep {JOB_SECONDS}")),
+    )
+    .await;
     let mid_burst = wait_until(Duration::from_secs(120), || async {
         let jobs = env.sim_jobs().await;
         let done = jobs.iter().filter(|j| j.status == "success").count();
@@ -318,32 +323,56 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     let events = b.events();
     let first_action = events
         .iter()
-        .filter(|(ts, kind, _)| {
+        .filter(|(ts, kind, _, _)| {
             *ts >= killed_ms
                 && matches!(
                     kind.as_str(),
                     "created" | "deleting" | "gone" | "orphan_removed"
                 )
         })
-        .map(|(ts, _, _)| ts - killed_ms)
+        .map(|(ts, _, _, _)| ts - killed_ms)
         .min()
         .expect("b acted after the kill");
     let adopted: Vec<&String> = events
         .iter()
-        .filter(|(_, kind, _)| kind == "adopted")
-        .map(|(_, _, id)| id)
+        .filter(|(_, kind, _, _)| kind == "adopted")
+        .map(|(_, _, id, _)| id)
+        .collect();
+    // Adopted while busy: the runner registration and the job attempt were found.
+    let adopted_busy: Vec<&String> = events
+        .iter()
+        .filter(|(_, kind, _, detail)| {
+            kind == "adopted" && detail.contains("runner Some(") && detail.contains("job Some(")
+        })
+        .map(|(_, _, id, _)| id)
         .collect();
     println!(
-        "failover: SIGKILL -> b leader in {:.2} s; SIGKILL -> b's first action in {:.2} s; b adopted {} instance(s) of a",
+        "failover: SIGKILL -> b leader in {:.2} s; SIGKILL -> b's first action in {:.2} s; b adopted {} instance(s) of a, {} of them busy with their job",
         became_leader.as_secs_f64(),
         first_action as f64 / 1000.0,
-        adopted.len()
+        adopted.len(),
+        adopted_busy.len()
     );
     assert!(
-        !adopted.is_empty(),
-        "mid-burst, a had instances to adopt\n{}",
+        !adopted_busy.is_empty(),
+        "mid-burst, a had busy runners for b to adopt: {events:?}\n{}",
         env.logs()
     );
+    // b let each of them finish its job.
+    let removals: Vec<(i64, String, String, String)> = events
+        .iter()
+        .filter(|(_, kind, id, _)| kind == "gone" && adopted_busy.contains(&id))
+        .cloned()
+        .collect();
+    for id in &adopted_busy {
+        assert!(
+            removals
+                .iter()
+                .any(|(_, _, rid, detail)| rid == *id && detail.starts_with("job_done")),
+            "adopted busy instance {id} was not removed as job_done: {removals:?}\n{}",
+            env.logs()
+        );
+    }
     assert!(
         became_leader <= Duration::from_secs(5 + 1 + 2),
         "takeover {became_leader:?} after the kill: lease_duration 5 s + retry_period 1 s (+ slack)"
