@@ -135,7 +135,7 @@ async fn does_not_take_a_lease_that_is_renewed() {
         let wait = e.step().await;
         assert!(!e.is_leader() && !leadership.acting());
         tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
-        if (Instant::now() - start).as_secs() % 2 == 0 {
+        if (Instant::now() - start).as_secs().is_multiple_of(2) {
             lease.overwrite(held_by("b"));
         }
     }
