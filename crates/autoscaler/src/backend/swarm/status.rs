@@ -109,7 +109,7 @@ mod tests {
     fn task(state: TaskState, code: Option<i64>, err: Option<&str>, node: &str, at: &str) -> Task {
         Task {
             node_id: Some(node.into()),
-            created_at: Some(at.to_string().into()),
+            created_at: Some(at.to_string()),
             status: Some(TaskStatus {
                 state: Some(state),
                 err: err.map(str::to_string),
