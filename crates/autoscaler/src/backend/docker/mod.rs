@@ -10,6 +10,7 @@
 //! * Engine errors carry the engine's message; the reconciler backs off per pool.
 
 mod archive;
+mod compat;
 mod container;
 mod engine;
 
@@ -243,7 +244,7 @@ impl DockerBackend {
                 filters: Some(self.owner_filter(Some(id))),
                 ..Default::default()
             };
-            match client.list_containers(Some(options)).await {
+            match compat::list_containers(&client, Some(options)).await {
                 Ok(list) => {
                     if let Some(container_id) = list.into_iter().find_map(|c| c.id) {
                         return Ok(Some(Found {
@@ -278,7 +279,7 @@ impl DockerBackend {
             return Ok(Removal::default());
         };
         let gone = |e: &bollard::errors::Error| engine::is_not_found(e);
-        let inspected = match client.inspect_container(&container_id, None).await {
+        let inspected = match compat::inspect_container(&client, &container_id).await {
             Ok(i) => Some(i),
             Err(e) if gone(&e) => return Ok(Removal::default()),
             Err(e) => return Err(engine.error("inspecting the container", &e)),
@@ -305,8 +306,7 @@ impl DockerBackend {
                 Err(e) => return Err(engine.error("stopping the container", &e)),
             }
         }
-        let state = client
-            .inspect_container(&container_id, None)
+        let state = compat::inspect_container(&client, &container_id)
             .await
             .ok()
             .and_then(|i| i.state);
@@ -351,7 +351,7 @@ impl DockerBackend {
                 filters: Some(self.owner_filter(None)),
                 ..Default::default()
             };
-            let list = match client.list_containers(Some(options)).await {
+            let list = match compat::list_containers(&client, Some(options)).await {
                 Ok(list) => list,
                 Err(e) => {
                     if engine::is_transport(&e) {
@@ -474,8 +474,7 @@ async fn exit_code(client: &Docker, container_id: &str, status: Option<&str>) ->
     if let Some(code) = status.and_then(parse_exit_status) {
         return Some(code);
     }
-    let state = client
-        .inspect_container(container_id, None)
+    let state = compat::inspect_container(client, container_id)
         .await
         .ok()?
         .state?;
