@@ -34,7 +34,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// `false` when the tests must be skipped (said so on stderr); panics when the engine, the
 /// image or the swarm is missing and skipping was not asked for.
 fn swarm_ready() -> bool {
-    let Some(problem) = swarm_problem() else {
+    // Once per test binary: tests start in parallel, and two `swarm init` would collide.
+    static PROBLEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(problem) = PROBLEM.get_or_init(swarm_problem) else {
         return true;
     };
     if std::env::var("AUTOSCALER_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
