@@ -834,6 +834,43 @@ async fn sigkill_restart_adopts_services_and_collects_orphans_v15() {
         "autoscaler exit: {status:?}\n{}",
         env.logs()
     );
+    // `cleanup` (uninstall) leaves the other owner's service alone too.
+    let foreign_again = format!("{pool}-foreign2");
+    docker(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &foreign_again,
+        "--replicas",
+        "1",
+        "--restart-condition",
+        "none",
+        "--network",
+        "host",
+        "--label",
+        &format!("{OWNER_LABEL}=someone-else"),
+        "--label",
+        &format!("{POOL_LABEL}={pool}"),
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let cleanup = Command::new(AUTOSCALER)
+        .args(["cleanup", "-c", config.to_str().unwrap()])
+        .current_dir(env.path())
+        .output()
+        .expect("cleanup runs");
+    assert!(
+        cleanup.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    assert!(
+        try_docker(&["service", "inspect", &foreign_again]).is_ok(),
+        "cleanup removed a service of another owner"
+    );
+    docker(&["service", "rm", &foreign_again]);
 }
 
 /// A pool whose image is missing on the manager: creation fails with the engine's state named
