@@ -3,12 +3,16 @@
 //!
 //! Why negotiate: bollard speaks a newer API than Debian's Docker and Podman (1.41); without
 //! negotiation every request fails with "client version is too new".
+//!
+//! Each engine also keeps its health (placement.rs): a failing engine backs off, and each change
+//! of state is logged once (warn when it fails, info when it is back), not on every attempt.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use tokio::sync::Mutex;
 
+use super::placement::{Change, Health};
 use crate::backend::BackendError;
 
 /// The socket used when neither the pool nor `DOCKER_HOST` names one.
@@ -19,6 +23,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Engine {
     pub address: String,
     client: Mutex<Option<Docker>>,
+    health: std::sync::Mutex<Health>,
+    /// The last failure's message, for the "not listed" report while the engine backs off.
+    last_error: std::sync::Mutex<String>,
+}
+
+/// A failed request to an engine: the error, and whether the engine could not be reached at
+/// all (as opposed to an engine that answered with a refusal).
+#[derive(Debug)]
+pub struct Failure {
+    pub error: BackendError,
+    pub unreachable: bool,
+}
+
+impl From<BackendError> for Failure {
+    /// An error of ours (not the engine's), e.g. building the credential archive.
+    fn from(error: BackendError) -> Failure {
+        Failure {
+            error,
+            unreachable: false,
+        }
+    }
 }
 
 impl Engine {
@@ -26,6 +51,76 @@ impl Engine {
         Engine {
             address,
             client: Mutex::new(None),
+            health: std::sync::Mutex::new(Health::default()),
+            last_error: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Time left in the engine's backoff, if it is backing off.
+    pub fn backing_off_for(&self, now: Instant) -> Option<Duration> {
+        self.health().backing_off_for(now)
+    }
+
+    /// Whether the engine could not be reached and is left alone until its backoff ends.
+    pub fn skip_listing(&self, now: Instant) -> bool {
+        self.health().skip_listing(now)
+    }
+
+    /// Whether the engine's last failure was that it could not be reached.
+    pub fn is_unreachable(&self) -> bool {
+        self.health().is_unreachable()
+    }
+
+    /// The last failure's message (empty when none).
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a failure: backoff, and a warning when the engine's state changed.
+    pub async fn failed(&self, failure: &Failure) {
+        if failure.unreachable {
+            // Negotiate again next time: the engine may come back restarted or replaced.
+            self.reset().await;
+        }
+        if let Ok(mut last) = self.last_error.lock() {
+            last.clone_from(&failure.error.message);
+        }
+        let change = self.health().failed(Instant::now(), failure.unreachable);
+        let error = &failure.error.message;
+        match change {
+            Change::Unreachable(wait) => tracing::warn!(
+                engine = %self.address,
+                backoff_s = wait.as_secs(),
+                %error,
+                "engine {} unreachable, backing off {} s",
+                self.address,
+                wait.as_secs()
+            ),
+            Change::Refusing(wait) => tracing::warn!(
+                engine = %self.address,
+                backoff_s = wait.as_secs(),
+                %error,
+                "engine {} refused a container, backing off {} s",
+                self.address,
+                wait.as_secs()
+            ),
+            Change::None | Change::Recovered => {
+                tracing::debug!(engine = %self.address, %error, "engine failed again")
+            }
+        }
+    }
+
+    /// Records a success (`listing_only`: a listing, which does not clear a refusal).
+    pub fn succeeded(&self, listing_only: bool) {
+        if self.health().succeeded(listing_only) == Change::Recovered {
+            tracing::info!(engine = %self.address, "engine {} is usable again", self.address);
         }
     }
 
@@ -84,6 +179,14 @@ impl Engine {
                 &e,
             )
         })
+    }
+
+    /// A failure that names the engine, carries its message and says whether it was reached.
+    pub fn failure(&self, doing: &str, error: &bollard::errors::Error) -> Failure {
+        Failure {
+            error: self.error(doing, error),
+            unreachable: is_transport(error),
+        }
     }
 
     /// An error that names the engine and carries its message.

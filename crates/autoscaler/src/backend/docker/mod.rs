@@ -8,54 +8,90 @@
 //!   before it starts; never in its environment or command line.
 //! * Removal is explicit (no auto-remove): the exit code and last log lines are read first.
 //! * Engine errors carry the engine's message; the reconciler backs off per pool.
+//! * A pool may use several engines (`docker_hosts`): each container goes to the engine with
+//!   the fewest of the pool's containers (`placement.rs`); a failing engine backs off and the
+//!   creation moves on to the next one. An engine that cannot be listed is left out of the
+//!   listing and reported through `unlisted`, so that its instances are unknown, not lost.
 
 mod archive;
-mod compat;
 mod container;
+mod create;
 mod engine;
+mod listing;
+mod placement;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bollard::{
-    models::ContainerSummaryStateEnum,
     query_parameters::{
-        CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-        RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+        ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     },
     Docker,
 };
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-pub use container::{labels, VOLUME_DIR, WORK_DIR};
 /// Shared with the swarm backend, which runs the same runner on the same kind of engine.
 pub(crate) use container::{host_mode_args, host_mode_runner_file, program_name};
+pub use container::{labels, VOLUME_DIR, WORK_DIR};
 pub(crate) use engine::{describe, is_not_found, is_transport};
-use engine::Engine;
+use engine::{Engine, Failure};
 
-use super::{
-    Backend, BackendError, BoxFuture, InstanceSpec, InstanceStatus, ObservedInstance, Removal,
-};
-use crate::config::{BackendKind, Config, DockerPoolConfig, PullPolicy};
+use super::{Backend, BackendError, BoxFuture, InstanceSpec, ObservedInstance, Removal};
+use crate::config::{BackendKind, Config, DockerPoolConfig};
 
 /// Lines of a removed container's log kept in its record.
 const LOG_TAIL_LINES: usize = 20;
+/// How long one engine's listing may take before it counts as unreachable: a dead `tcp://`
+/// engine must not hold up the other engines' listing (and with it the reconciler's tick).
+const LIST_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct DockerBackend {
     owner_id: String,
     /// Docker settings of each docker pool, by pool name.
     pools: BTreeMap<String, DockerPoolConfig>,
+    /// The engine addresses of each docker pool, in the order of its configuration.
+    pool_engines: BTreeMap<String, Vec<String>>,
     /// The engines in use, by address (several pools may share one).
     engines: BTreeMap<String, Arc<Engine>>,
     /// Woken when a container exits, so the reconciler reacts at once.
     exited: Arc<Notify>,
     /// Containers (by engine id) a task is waiting on.
     watched: Arc<Mutex<HashSet<String>>>,
+    /// Where the instances are, as far as this process knows.
+    state: Mutex<State>,
+}
+
+/// What the backend remembers between calls. All of it can be lost (a restart): the listing
+/// rebuilds `placed`, and what `stale` held is then an ordinary orphan.
+#[derive(Default)]
+struct State {
+    /// The engine of each instance: reserved when placement chooses it, confirmed by a
+    /// creation, learnt from a listing.
+    placed: HashMap<String, Placed>,
+    /// (engine, container) left by a failed creation that could not be removed at the time
+    /// (the engine went away): removed when the engine answers again, never reported.
+    stale: HashSet<(String, String)>,
+    /// Engines the latest listing could not read, with why.
+    unread: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Placed {
+    On {
+        engine: String,
+        pool: String,
+        /// Set by a successful creation on that engine (not only seen in a listing).
+        created: bool,
+    },
+    /// Every attempt to create it failed and whatever they left is in `stale`: nothing to
+    /// remove for the instance itself.
+    Nowhere,
 }
 
 /// What is stored as the instance's backend reference.
@@ -63,6 +99,12 @@ pub struct DockerBackend {
 struct BackendRef<'a> {
     engine: &'a str,
     container: &'a str,
+}
+
+/// The part of a stored backend reference the reconciler's questions need.
+#[derive(serde::Deserialize)]
+struct StoredRef {
+    engine: String,
 }
 
 /// One of our containers as an engine listed it.
@@ -77,6 +119,7 @@ impl DockerBackend {
     /// at start fails its pools' creations (with backoff), not the autoscaler.
     pub fn new(config: &Config, owner_id: String, exited: Arc<Notify>) -> DockerBackend {
         let mut pools = BTreeMap::new();
+        let mut pool_engines = BTreeMap::new();
         let mut engines = BTreeMap::new();
         for pool in config
             .pools
@@ -86,19 +129,32 @@ impl DockerBackend {
             let Some(settings) = pool.docker.clone() else {
                 continue;
             };
-            let address = Engine::address_for(settings.docker_host.as_deref());
-            engines
-                .entry(address.clone())
-                .or_insert_with(|| Arc::new(Engine::new(address)));
+            let addresses = if settings.docker_hosts.is_empty() {
+                vec![Engine::address_for(settings.docker_host.as_deref())]
+            } else {
+                settings.docker_hosts.clone()
+            };
+            for address in &addresses {
+                engines
+                    .entry(address.clone())
+                    .or_insert_with(|| Arc::new(Engine::new(address.clone())));
+            }
+            pool_engines.insert(pool.name.clone(), addresses);
             pools.insert(pool.name.clone(), settings);
         }
         DockerBackend {
             owner_id,
             pools,
+            pool_engines,
             engines,
             exited,
             watched: Arc::default(),
+            state: Mutex::default(),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn err(message: impl Into<String>) -> BackendError {
@@ -114,98 +170,6 @@ impl DockerBackend {
             labels.push(format!("{}={id}", labels::INSTANCE));
         }
         HashMap::from([("label".to_string(), labels)])
-    }
-
-    async fn create_instance(&self, mut spec: InstanceSpec) -> Result<String, BackendError> {
-        let pool = self
-            .pools
-            .get(&spec.pool)
-            .ok_or_else(|| Self::err(format!("pool {:?} has no docker settings", spec.pool)))?;
-        let engine = self
-            .engines
-            .get(&Engine::address_for(pool.docker_host.as_deref()))
-            .ok_or_else(|| Self::err(format!("no engine for pool {:?}", spec.pool)))?
-            .clone();
-        for file in spec
-            .files
-            .iter_mut()
-            .filter(|f| f.name == crate::provision::RUNNER_FILE)
-        {
-            file.contents = container::host_mode_runner_file(&file.contents).map_err(Self::err)?;
-        }
-        let client = engine.client().await?;
-        let result = self.start_container(&engine, &client, &spec, pool).await;
-        if let Err(e) = &result {
-            if e.message.contains("cannot reach") {
-                engine.reset().await;
-            }
-        }
-        result
-    }
-
-    async fn start_container(
-        &self,
-        engine: &Arc<Engine>,
-        client: &Docker,
-        spec: &InstanceSpec,
-        pool: &DockerPoolConfig,
-    ) -> Result<String, BackendError> {
-        ensure_image(engine, client, &pool.image, pool.pull_policy).await?;
-        let body = container::create_body(spec, pool, &self.owner_id);
-        let options = CreateContainerOptions {
-            name: Some(container::container_name(&spec.id)),
-            ..Default::default()
-        };
-        let created = client
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| engine.error(&format!("creating the container of {}", spec.id), &e))?;
-        // The credential file, before the runner can look for it. A failure leaves a created
-        // (never started) container: the reconciler removes it with the instance.
-        // The file must belong to the user the runner runs as: the pool's `user`, else the
-        // image's USER. A numeric one (or none: root) goes into the archive directly; only a
-        // name needs the engine's copyUIDGID lookup, which fails in images without
-        // /etc/passwd (busybox) even for "0:0".
-        let image_user = match &pool.user {
-            Some(user) => Some(user.clone()),
-            None => client
-                .inspect_image(&pool.image)
-                .await
-                .ok()
-                .and_then(|image| image.config)
-                .and_then(|config| config.user)
-                .filter(|user| !user.is_empty()),
-        };
-        let owner = match image_user.as_deref() {
-            None => Some(archive::Owner { uid: 0, gid: 0 }),
-            Some(user) => container::numeric_owner(Some(user)),
-        };
-        let tar = archive::work_dir_archive(
-            container::WORK_DIR_NAME,
-            &spec.files,
-            owner.unwrap_or_default(),
-        )
-        .map_err(Self::err)?;
-        let upload = UploadToContainerOptions {
-            path: container::VOLUME_DIR.to_string(),
-            copy_uidgid: owner.is_none().then(|| "1".to_string()),
-            ..Default::default()
-        };
-        client
-            .upload_to_container(&created.id, Some(upload), bollard::body_full(tar.into()))
-            .await
-            .map_err(|e| engine.error("writing the runner's credential into the container", &e))?;
-        client
-            .start_container(&created.id, None)
-            .await
-            .map_err(|e| engine.error(&format!("starting the container of {}", spec.id), &e))?;
-        self.watch(client.clone(), created.id.clone());
-        tracing::debug!(instance = %spec.id, engine = %engine.address, container = %created.id, "runner container started");
-        Ok(serde_json::to_string(&BackendRef {
-            engine: &engine.address,
-            container: &created.id,
-        })
-        .unwrap_or_default())
     }
 
     /// Waits for the container's exit in the background and wakes the reconciler then.
@@ -228,38 +192,26 @@ impl DockerBackend {
         });
     }
 
-    /// Finds our container of `id` on the engines. `Ok(None)` only when every engine answered.
+    /// Finds our container of `id`: on its engine when this process knows it, else on every
+    /// engine. `Ok(None)` only when every engine asked answered.
     async fn find(&self, id: &str) -> Result<Option<Found>, BackendError> {
+        let known = self.state().placed.get(id).cloned();
+        let engine = match &known {
+            Some(Placed::On { engine, .. }) => self.engines.get(engine).cloned(),
+            _ => None,
+        };
+        if let Some(engine) = engine {
+            return self
+                .find_on(&engine, id)
+                .await
+                .map_err(|failure| failure.error);
+        }
         let mut failures = Vec::new();
         for engine in self.engines.values() {
-            let client = match engine.client().await {
-                Ok(client) => client,
-                Err(e) => {
-                    failures.push(e.message);
-                    continue;
-                }
-            };
-            let options = ListContainersOptions {
-                all: true,
-                filters: Some(self.owner_filter(Some(id))),
-                ..Default::default()
-            };
-            match compat::list_containers(&client, Some(options)).await {
-                Ok(list) => {
-                    if let Some(container_id) = list.into_iter().find_map(|c| c.id) {
-                        return Ok(Some(Found {
-                            engine: engine.clone(),
-                            client,
-                            container_id,
-                        }));
-                    }
-                }
-                Err(e) => {
-                    if engine::is_transport(&e) {
-                        engine.reset().await;
-                    }
-                    failures.push(engine.error("listing containers", &e).message);
-                }
+            match self.find_on(engine, id).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(failure) => failures.push(failure.error.message),
             }
         }
         if failures.is_empty() {
@@ -269,7 +221,71 @@ impl DockerBackend {
         }
     }
 
+    /// Our container of `id` on one engine. An engine backing off because it could not be
+    /// reached is not asked (a removal is retried later; it must not wait on a dead engine).
+    async fn find_on(&self, engine: &Arc<Engine>, id: &str) -> Result<Option<Found>, Failure> {
+        if let Some(left) = engine
+            .backing_off_for(Instant::now())
+            .filter(|_| engine.is_unreachable())
+        {
+            return Err(Failure {
+                error: Self::err(format!(
+                    "engine {} is unreachable (next try in {} s): {}",
+                    engine.address,
+                    left.as_secs().max(1),
+                    engine.last_error()
+                )),
+                unreachable: true,
+            });
+        }
+        let client = match engine.client().await {
+            Ok(client) => client,
+            Err(error) => {
+                let failure = Failure {
+                    error,
+                    unreachable: true,
+                };
+                engine.failed(&failure).await;
+                return Err(failure);
+            }
+        };
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(self.owner_filter(Some(id))),
+            ..Default::default()
+        };
+        match client.list_containers(Some(options)).await {
+            Ok(list) => Ok(list
+                .into_iter()
+                .find_map(|c| c.id)
+                .map(|container_id| Found {
+                    engine: engine.clone(),
+                    client,
+                    container_id,
+                })),
+            Err(e) => {
+                let failure = engine.failure("listing containers", &e);
+                engine.failed(&failure).await;
+                Err(failure)
+            }
+        }
+    }
+
     async fn delete_instance(&self, id: &str, grace: Duration) -> Result<Removal, BackendError> {
+        let nowhere = self.state().placed.get(id) == Some(&Placed::Nowhere);
+        if nowhere {
+            // Its creation failed everywhere; what the attempts left is in `stale`.
+            self.state().placed.remove(id);
+            return Ok(Removal::default());
+        }
+        let removal = self.remove_found(id, grace).await;
+        if removal.is_ok() {
+            self.state().placed.remove(id);
+        }
+        removal
+    }
+
+    async fn remove_found(&self, id: &str, grace: Duration) -> Result<Removal, BackendError> {
         let Some(Found {
             engine,
             client,
@@ -279,7 +295,7 @@ impl DockerBackend {
             return Ok(Removal::default());
         };
         let gone = |e: &bollard::errors::Error| engine::is_not_found(e);
-        let inspected = match compat::inspect_container(&client, &container_id).await {
+        let inspected = match client.inspect_container(&container_id, None).await {
             Ok(i) => Some(i),
             Err(e) if gone(&e) => return Ok(Removal::default()),
             Err(e) => return Err(engine.error("inspecting the container", &e)),
@@ -306,7 +322,7 @@ impl DockerBackend {
                 Err(e) => return Err(engine.error("stopping the container", &e)),
             }
         }
-        let state = compat::inspect_container(&client, &container_id)
+        let state = client.inspect_container(&container_id, None)
             .await
             .ok()
             .and_then(|i| i.state);
@@ -341,66 +357,6 @@ impl DockerBackend {
             stopped_by_us,
         })
     }
-
-    async fn list_instances(&self) -> Result<Vec<ObservedInstance>, BackendError> {
-        let mut found = Vec::new();
-        for engine in self.engines.values() {
-            let client = engine.client().await?;
-            let options = ListContainersOptions {
-                all: true,
-                filters: Some(self.owner_filter(None)),
-                ..Default::default()
-            };
-            let list = match compat::list_containers(&client, Some(options)).await {
-                Ok(list) => list,
-                Err(e) => {
-                    if engine::is_transport(&e) {
-                        engine.reset().await;
-                    }
-                    return Err(engine.error("listing containers", &e));
-                }
-            };
-            for summary in list {
-                let labels = summary.labels.clone().unwrap_or_default();
-                // The engine filtered by owner; check again so that nothing else is ever handled.
-                if labels.get(labels::OWNER) != Some(&self.owner_id) {
-                    continue;
-                }
-                let (Some(id), Some(container_id)) =
-                    (labels.get(labels::INSTANCE), summary.id.clone())
-                else {
-                    continue;
-                };
-                let status = match summary.state {
-                    Some(ContainerSummaryStateEnum::RUNNING)
-                    | Some(ContainerSummaryStateEnum::RESTARTING)
-                    | Some(ContainerSummaryStateEnum::PAUSED)
-                    | Some(ContainerSummaryStateEnum::STOPPING) => InstanceStatus::Running,
-                    Some(ContainerSummaryStateEnum::CREATED) => {
-                        InstanceStatus::Exited { code: None }
-                    }
-                    _ => InstanceStatus::Exited {
-                        code: exit_code(&client, &container_id, summary.status.as_deref()).await,
-                    },
-                };
-                if status == InstanceStatus::Running {
-                    self.watch(client.clone(), container_id.clone());
-                }
-                found.push(ObservedInstance {
-                    id: id.clone(),
-                    pool: labels.get(labels::POOL).cloned(),
-                    status,
-                    backend_ref: serde_json::to_string(&BackendRef {
-                        engine: &engine.address,
-                        container: &container_id,
-                    })
-                    .unwrap_or_default(),
-                });
-            }
-        }
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(found)
-    }
 }
 
 impl Backend for DockerBackend {
@@ -427,63 +383,15 @@ impl Backend for DockerBackend {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
         Box::pin(self.list_instances())
     }
-}
 
-/// Applies the pull policy; `never` only checks that the image is there.
-async fn ensure_image(
-    engine: &Engine,
-    client: &Docker,
-    image: &str,
-    policy: PullPolicy,
-) -> Result<(), BackendError> {
-    let present = match client.inspect_image(image).await {
-        Ok(_) => true,
-        Err(e) if engine::is_not_found(&e) => false,
-        Err(e) => return Err(engine.error(&format!("looking up image {image}"), &e)),
-    };
-    let pull = match policy {
-        PullPolicy::Never if !present => {
-            return Err(BackendError {
-                backend: "docker",
-                message: format!(
-                    "engine {}: image {image} is not present and pull_policy = \"never\"; load or build it on the engine, or set pull_policy = \"missing\"",
-                    engine.address
-                ),
-            })
-        }
-        PullPolicy::Never => false,
-        PullPolicy::Missing => !present,
-        PullPolicy::Always => true,
-    };
-    if pull {
-        let options = CreateImageOptions {
-            from_image: Some(image.to_string()),
-            ..Default::default()
-        };
-        let mut progress = client.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            step.map_err(|e| engine.error(&format!("pulling image {image}"), &e))?;
-        }
+    fn unlisted(&self, backend_ref: &str) -> bool {
+        serde_json::from_str::<StoredRef>(backend_ref)
+            .is_ok_and(|r| self.state().unread.contains_key(&r.engine))
     }
-    Ok(())
-}
 
-/// The exit code of a stopped container: from the listing's status text ("Exited (3) 2 seconds
-/// ago"), else from an inspection.
-async fn exit_code(client: &Docker, container_id: &str, status: Option<&str>) -> Option<i32> {
-    if let Some(code) = status.and_then(parse_exit_status) {
-        return Some(code);
+    fn unlisted_parts(&self) -> Vec<String> {
+        self.state().unread.values().cloned().collect()
     }
-    let state = compat::inspect_container(client, container_id)
-        .await
-        .ok()?
-        .state?;
-    state.exit_code.and_then(|c| i32::try_from(c).ok())
-}
-
-fn parse_exit_status(status: &str) -> Option<i32> {
-    let rest = status.strip_prefix("Exited (")?;
-    rest.split(')').next()?.trim().parse().ok()
 }
 
 /// The last lines of the container's output (stdout and stderr).
@@ -509,17 +417,4 @@ async fn log_tail(client: &Docker, container_id: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_status_text() {
-        assert_eq!(parse_exit_status("Exited (0) 3 seconds ago"), Some(0));
-        assert_eq!(
-            parse_exit_status("Exited (137) About a minute ago"),
-            Some(137)
-        );
-        assert_eq!(parse_exit_status("Up 2 seconds"), None);
-        assert_eq!(parse_exit_status("Created"), None);
-    }
-}
+mod tests;
