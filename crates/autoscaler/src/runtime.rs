@@ -177,6 +177,19 @@ impl Runtime {
                 wake.clone(),
             )));
         }
+        if config
+            .pools
+            .iter()
+            .any(|p| p.backend == BackendKind::Kubernetes)
+        {
+            backends.add(Arc::new(
+                crate::backend::kubernetes::KubernetesBackend::new(
+                    &config,
+                    owner_id.clone(),
+                    wake.clone(),
+                ),
+            ));
+        }
         let scopes: Vec<ApiScope> = config
             .forgejo
             .scopes

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, future::Future, path::PathBuf, pin::Pin};
 
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 pub mod swarm;
 

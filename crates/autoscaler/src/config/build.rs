@@ -52,6 +52,11 @@ pub(super) fn build(raw: RawConfig, source: &Source<'_>, base_dir: &Path) -> Res
     };
     let http = checker.http(raw.http)?;
     let pools = checker.pools(raw.pools, &forgejo, &limits, &timeouts)?;
+    let kubernetes = super::kubernetes::build_cluster(raw.kubernetes, source, base_dir)?;
+    let ha = match raw.ha {
+        Some(table) => Some(super::ha::build(table, source, base_dir, &mut checker.warnings)?),
+        None => None,
+    };
     Ok(Config {
         forgejo,
         runner,
@@ -60,6 +65,8 @@ pub(super) fn build(raw: RawConfig, source: &Source<'_>, base_dir: &Path) -> Res
         store,
         http,
         pools,
+        kubernetes,
+        ha,
         file: source.file.to_path_buf(),
         warnings: checker.warnings,
     })
@@ -490,6 +497,13 @@ impl Checker<'_> {
                 ))
             }
             (BackendKind::Swarm, None) => None,
+            (BackendKind::Kubernetes, Some(table)) => {
+                return Err(self.error(
+                    &table.span(),
+                    "docker settings on a pool whose backend is \"kubernetes\"; put them in [pools.kubernetes] or set backend = \"docker\"",
+                ))
+            }
+            (BackendKind::Kubernetes, None) => None,
             (BackendKind::Process, Some(table)) => {
                 return Err(self.error(
                     &table.span(),
@@ -527,6 +541,27 @@ impl Checker<'_> {
             }
             (_, None) => None,
         };
+        let kubernetes = match (backend, raw.kubernetes) {
+            (BackendKind::Kubernetes, Some(table)) => Some(super::kubernetes::build_pool(
+                table,
+                self.source,
+                &mut self.warnings,
+            )?),
+            (BackendKind::Kubernetes, None) => {
+                let at = raw.backend.as_ref().map_or(span.clone(), Spanned::span);
+                return Err(self.error(
+                    &at,
+                    "backend = \"kubernetes\" needs a [pools.kubernetes] table with at least image = \"IMAGE\" (an image with forgejo-runner on its PATH)",
+                ));
+            }
+            (other, Some(table)) => {
+                return Err(self.error(
+                    &table.span(),
+                    format!("kubernetes settings on a pool whose backend is \"{other}\"; set backend = \"kubernetes\" or remove the kubernetes table"),
+                ))
+            }
+            (_, None) => None,
+        };
         Ok(PoolConfig {
             name: name.into_inner(),
             labels,
@@ -538,6 +573,7 @@ impl Checker<'_> {
             env: self.env(raw.env)?,
             docker,
             swarm,
+            kubernetes,
         })
     }
 
@@ -595,7 +631,8 @@ impl Checker<'_> {
             docker::check_docker_host("docker_host", host.get_ref())
                 .map_err(|e| self.error(&host.span(), e))?;
         }
-        let docker_hosts = self.docker_hosts(raw.docker_host.is_some(), raw.docker_hosts.as_ref())?;
+        let docker_hosts =
+            self.docker_hosts(raw.docker_host.is_some(), raw.docker_hosts.as_ref())?;
         if let Some(cpus) = &raw.cpus {
             let n = *cpus.get_ref();
             if !(n.is_finite() && n > 0.0) {

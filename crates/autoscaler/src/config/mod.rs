@@ -16,6 +16,8 @@ mod build;
 mod docker;
 mod duration;
 mod error;
+mod kubernetes;
+mod ha;
 mod labels;
 mod raw;
 mod scope;
@@ -33,6 +35,11 @@ use serde::Deserialize;
 
 pub use docker::{DockerNetwork, DockerPoolConfig, PullPolicy, VolumeMount};
 pub use error::{ConfigError, ConfigWarning};
+pub use kubernetes::{
+    json_merge_patch, kubernetes_defaults, KubernetesConfig, KubernetesPoolConfig,
+    KubernetesToleration,
+};
+pub use ha::{derived_owner_id, ha_defaults, HaConfig};
 pub use labels::{Label, LabelSchema, DEFAULT_DOCKER_IMAGE, DEFAULT_LXC_TEMPLATE};
 pub use scope::Scope;
 pub use swarm::{SwarmNetwork, SwarmPoolConfig, SwarmResources};
@@ -75,6 +82,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub http: HttpConfig,
     pub pools: Vec<PoolConfig>,
+    /// `[kubernetes]`: the cluster of kubernetes pools (defaults when absent).
+    pub kubernetes: KubernetesConfig,
+    /// `[ha]`: leader election among replicas; `None`: a single instance (state-directory lock).
+    pub ha: Option<HaConfig>,
     /// The file this came from, as given (for messages).
     pub file: PathBuf,
     /// Legal but doubtful settings (e.g. a token file others can read). `validate` prints
@@ -173,6 +184,8 @@ pub enum BackendKind {
     Docker,
     /// A Docker Swarm service (one replicated job) per runner; needs `[pools.swarm]`.
     Swarm,
+    /// A Kubernetes Pod per runner; needs `[pools.kubernetes]` (cluster: `[kubernetes]`).
+    Kubernetes,
 }
 
 /// A set of runner labels plus where and how its runners start.
@@ -196,6 +209,8 @@ pub struct PoolConfig {
     pub docker: Option<DockerPoolConfig>,
     /// Present exactly when `backend` is `Swarm`.
     pub swarm: Option<SwarmPoolConfig>,
+    /// Present exactly when `backend` is `Kubernetes`.
+    pub kubernetes: Option<KubernetesPoolConfig>,
 }
 
 impl PoolConfig {
@@ -292,6 +307,7 @@ impl std::fmt::Display for BackendKind {
             BackendKind::Process => "process",
             BackendKind::Docker => "docker",
             BackendKind::Swarm => "swarm",
+            BackendKind::Kubernetes => "kubernetes",
         })
     }
 }

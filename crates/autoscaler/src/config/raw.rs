@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub pools: Vec<At<RawPool>>,
+    pub kubernetes: Option<At<super::kubernetes::RawKubernetes>>,
+    pub ha: Option<At<super::ha::RawHa>>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +105,7 @@ pub(super) struct RawPool {
     pub env: BTreeMap<At<String>, String>,
     pub docker: Option<At<RawDocker>>,
     pub swarm: Option<At<super::swarm::RawSwarm>>,
+    pub kubernetes: Option<At<super::kubernetes::RawKubernetesPool>>,
 }
 
 #[derive(Deserialize)]
