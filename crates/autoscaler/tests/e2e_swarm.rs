@@ -272,8 +272,11 @@ async fn assert_nothing_left(env: &Env, pool: &str, cap: usize) {
     );
 }
 
-/// (id, reason, exit code, detail) of every instance record, oldest first.
-fn exit_records(env: &Env) -> Vec<(String, Option<String>, Option<i64>, Option<String>)> {
+/// (id, reason, exit code, detail) of an instance record.
+type ExitRecord = (String, Option<String>, Option<i64>, Option<String>);
+
+/// Every instance record's ending, oldest first.
+fn exit_records(env: &Env) -> Vec<ExitRecord> {
     let db =
         rusqlite::Connection::open(env.path().join("state/autoscaler.db")).expect("store opens");
     let mut query = db
