@@ -206,7 +206,7 @@ fn report(env: &Env, what: &str, records: &[StoreInstance], took: Duration) {
 }
 
 /// The freed slot serves the next job, then nothing is left and the daemon stops cleanly.
-async fn next_job_runs_and_nothing_left(env: &Env, pool: &str, mut daemon: std::process::Child) {
+async fn next_job_runs_and_nothing_left(env: &Env, pool: &str, mut daemon: Daemon) {
     let after = dispatch(env, "after.yml").await;
     let served = wait_until(Duration::from_secs(90), || async {
         env.job_by_id(after).await.status == "success"
@@ -219,7 +219,7 @@ async fn next_job_runs_and_nothing_left(env: &Env, pool: &str, mut daemon: std::
         env.logs()
     );
     assert_nothing_left(DOCKER, env, pool, CAP as usize).await;
-    let status = terminate(&mut daemon, Duration::from_secs(30));
+    let status = terminate(&mut daemon.0, Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
         "autoscaler exit: {status:?}\n{}",
@@ -253,7 +253,7 @@ async fn cancelled_while_running(version: &str) {
     .await;
     env.commit_workflow("after.yml", &one_job("after", "echo after"))
         .await;
-    let daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    let daemon = Daemon(env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]));
     let job = dispatch(&env, "long.yml").await;
 
     let running = wait_until(Duration::from_secs(60), || async {
@@ -294,11 +294,12 @@ async fn cancelled_while_running(version: &str) {
 async fn cancelled_while_waiting(version: &str) {
     let env = Env::start(version).await;
     let pool = unique_pool("dw");
+    // Before the guard, so that the containers are removed before their image.
+    let slow = SlowImage::build(&format!("slow-{pool}"), 6);
     let _guard = PoolGuard {
         cli: DOCKER,
         pool: pool.clone(),
     };
-    let slow = SlowImage::build(&format!("slow-{pool}"), 6);
     let config = DockerPool {
         name: &pool,
         cap: CAP,
@@ -312,7 +313,7 @@ async fn cancelled_while_waiting(version: &str) {
         .await;
     env.commit_workflow("after.yml", &one_job("after", "echo after"))
         .await;
-    let daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    let daemon = Daemon(env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]));
     let job = dispatch(&env, "waits.yml").await;
 
     let container_up = wait_until(Duration::from_secs(30), || async {

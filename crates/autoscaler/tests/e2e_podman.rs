@@ -244,7 +244,7 @@ async fn smoke(cli: Cli, docker_host: Option<&str>) -> String {
     env.commit_workflow("smoke.yml", &Env::burst_yaml(JOBS, script))
         .await;
     let started = Instant::now();
-    let mut daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    let mut daemon = Daemon(env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]));
 
     let view = look_inside(cli, &env, &pool).await;
     check_container(&env, &view, cli);
@@ -278,7 +278,7 @@ async fn smoke(cli: Cli, docker_host: Option<&str>) -> String {
         done.iter().all(|r| r.exit_code == Some(0)),
         "the containers' exit codes are recorded: {records:?}"
     );
-    let status = terminate(&mut daemon, Duration::from_secs(30));
+    let status = terminate(&mut daemon.0, Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
         "autoscaler exit: {status:?}\n{}",

@@ -4,7 +4,11 @@
 //! records. Used by `e2e_podman.rs` and `e2e_docker_cancel.rs` (with `support`).
 #![allow(dead_code)]
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+    time::Duration,
+};
 
 use crate::support::{wait_until, Env, SimJob};
 
@@ -111,6 +115,20 @@ impl Drop for PoolGuard {
             let mut args = vec!["rm", "-f", "-v"];
             args.extend(ids);
             let _ = self.cli.try_run(&args);
+        }
+    }
+}
+
+/// The autoscaler under test. When the test ends while it still runs (a failed assertion),
+/// it is killed, so that a failed test leaves no daemon behind creating containers for a
+/// simulator that is gone. Declared after the `PoolGuard`, it is dropped first.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
