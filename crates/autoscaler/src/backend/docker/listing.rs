@@ -73,7 +73,7 @@ impl DockerBackend {
                 error,
                 unreachable: true,
             })?;
-            match client.list_containers(Some(options)).await {
+            match super::compat::list_containers(&client, Some(options)).await {
                 Ok(list) => Ok((client, list)),
                 Err(e) => Err(engine.failure("listing containers", &e)),
             }
@@ -228,7 +228,7 @@ async fn exit_code(client: &Docker, container_id: &str, status: Option<&str>) ->
     if let Some(code) = status.and_then(parse_exit_status) {
         return Some(code);
     }
-    let state = client.inspect_container(container_id, None)
+    let state = super::compat::inspect_container(client, container_id)
         .await
         .ok()?
         .state?;

@@ -14,6 +14,7 @@
 //!   listing and reported through `unlisted`, so that its instances are unknown, not lost.
 
 mod archive;
+mod compat;
 mod container;
 mod create;
 mod engine;
@@ -254,7 +255,7 @@ impl DockerBackend {
             filters: Some(self.owner_filter(Some(id))),
             ..Default::default()
         };
-        match client.list_containers(Some(options)).await {
+        match compat::list_containers(&client, Some(options)).await {
             Ok(list) => Ok(list
                 .into_iter()
                 .find_map(|c| c.id)
@@ -295,7 +296,7 @@ impl DockerBackend {
             return Ok(Removal::default());
         };
         let gone = |e: &bollard::errors::Error| engine::is_not_found(e);
-        let inspected = match client.inspect_container(&container_id, None).await {
+        let inspected = match compat::inspect_container(&client, &container_id).await {
             Ok(i) => Some(i),
             Err(e) if gone(&e) => return Ok(Removal::default()),
             Err(e) => return Err(engine.error("inspecting the container", &e)),
@@ -322,7 +323,7 @@ impl DockerBackend {
                 Err(e) => return Err(engine.error("stopping the container", &e)),
             }
         }
-        let state = client.inspect_container(&container_id, None)
+        let state = compat::inspect_container(&client, &container_id)
             .await
             .ok()
             .and_then(|i| i.state);
