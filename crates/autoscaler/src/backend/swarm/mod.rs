@@ -56,8 +56,8 @@ const LOG_TAIL_LINES: usize = 20;
 
 pub struct SwarmBackend {
     owner_id: String,
-    /// Swarm settings of each swarm pool, by pool name.
-    pools: BTreeMap<String, SwarmPoolConfig>,
+    /// Swarm settings and manager of each swarm pool, by pool name.
+    pools: BTreeMap<String, (SwarmPoolConfig, Arc<Manager>)>,
     /// The managers in use, by address (several pools may share one swarm).
     managers: BTreeMap<String, Arc<Manager>>,
     /// Woken when a task container exits, so the reconciler reacts at once.
@@ -88,10 +88,11 @@ impl SwarmBackend {
                 continue;
             };
             let manager = Manager::new(settings.docker_host.as_deref());
-            managers
+            let manager = managers
                 .entry(manager.address().to_string())
-                .or_insert_with(|| Arc::new(manager));
-            pools.insert(pool.name.clone(), settings);
+                .or_insert_with(|| Arc::new(manager))
+                .clone();
+            pools.insert(pool.name.clone(), (settings, manager));
         }
         SwarmBackend {
             owner_id,
@@ -134,16 +135,9 @@ impl SwarmBackend {
     }
 
     async fn create_instance(&self, spec: InstanceSpec) -> Result<String, BackendError> {
-        let pool = self.pools.get(&spec.pool).ok_or_else(|| BackendError {
+        let (pool, manager) = self.pools.get(&spec.pool).ok_or_else(|| BackendError {
             backend: "swarm",
             message: format!("pool {:?} has no swarm settings", spec.pool),
-        })?;
-        let address = Manager::new(pool.docker_host.as_deref())
-            .address()
-            .to_string();
-        let manager = self.managers.get(&address).ok_or_else(|| BackendError {
-            backend: "swarm",
-            message: format!("no manager for pool {:?}", spec.pool),
         })?;
         let client = manager.client().await?;
         self.watch(manager);
