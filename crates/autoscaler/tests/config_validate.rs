@@ -132,7 +132,7 @@ const BROKEN: &[(&str, usize, usize, &str)] = &[
     ("unknown-key-typo.toml", 4, 1,
      "unknown key `tokn_file`; did you mean `token_file`? (allowed: url, token_file, token_env, scopes, version, poll_interval, request_timeout, ca_file)"),
     ("unknown-table.toml", 7, 3,
-     "unknown key `pool`; did you mean `pools`? (allowed: forgejo, runner, limits, timeouts, store, http, pools)"),
+     "unknown key `pool`; did you mean `pools`? (allowed: forgejo, runner, limits, timeouts, store, http, pools, kubernetes, ha)"),
     ("wrong-type-max-runners.toml", 8, 15,
      "`max_runners`: wrong type: found string \"ten\", expected a whole number of 0 or more, without quotes (e.g. 10)"),
     ("bad-duration.toml", 6, 17,
@@ -142,7 +142,7 @@ const BROKEN: &[(&str, usize, usize, &str)] = &[
     ("duplicate-pool-name.toml", 12, 8,
      "duplicate pool name \"debian\" (first used on line 7); give each pool its own name"),
     ("unknown-backend.toml", 10, 11,
-     "unknown value \"dokcer\" for `backend`; did you mean \"docker\"? (allowed: \"process\", \"docker\", \"swarm\")"),
+     "unknown value \"dokcer\" for `backend`; did you mean \"docker\"? (allowed: \"process\", \"docker\", \"swarm\", \"kubernetes\")"),
     ("bad-label-schema.toml", 9, 50,
      "`labels`: label \"ubuntu-22.04:ubuntu:22.04\": unsupported schema \"ubuntu\"; use docker://IMAGE, host or lxc://DIST:RELEASE (an image is written \"ubuntu-22.04:docker://IMAGE\")"),
     ("host-label-with-argument.toml", 9, 11,
@@ -405,7 +405,8 @@ fn docker_hosts_lists_several_engines_once_each() {
     );
     assert_eq!(docker.docker_host, None);
     let one = parse_at(&docker_pool(""), dir).unwrap();
-    assert!(one.pools[0].docker.as_ref().unwrap().docker_hosts.is_empty());
+    let one_docker = one.pools[0].docker.as_ref().unwrap();
+    assert!(one_docker.docker_hosts.is_empty());
 
     let line = 13; // the docker_hosts line of `docker_pool`
     for (hosts, col, message) in [
