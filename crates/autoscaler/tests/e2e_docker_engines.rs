@@ -112,9 +112,11 @@ impl PrivateDockerd {
         // Not the host's /etc/docker/daemon.json: nothing of the system engine's settings.
         std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
         // An interface name has at most 15 bytes; a subnet unlikely to be in use.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let pid = std::process::id();
-        let bridge = format!("fad2{:x}", pid % 0xff_ffff);
-        let address = format!("10.231.{}.1/24", pid % 250);
+        let bridge = format!("fad2{:x}{n}", pid % 0xff_ffff);
+        let address = format!("10.231.{}.1/24", (pid + n) % 250);
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         for args in [
             vec!["link", "add", &bridge, "type", "bridge"],
@@ -444,11 +446,15 @@ network = "host"
     path
 }
 
+/// The tests run one at a time: each starts a daemon and containers on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_spreads_over_two_engines_and_survives_losing_one_v15() {
     if !engines_ready() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     const JOBS: u32 = 14;
     const CAP: u32 = 6;
     let test_started = Instant::now();
@@ -646,6 +652,100 @@ async fn a_burst_spreads_over_two_engines_and_survives_losing_one_v15() {
     assert!(
         !had_docker0 || docker0.exists(),
         "the private engine left the system engine's docker0 bridge alone"
+    );
+    let status = terminate(&mut daemon, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "autoscaler exit: {status:?}\n{}",
+        env.logs()
+    );
+}
+
+/// An engine that answers but refuses every container (here: the image is not on it, and
+/// `pull_policy = "never"`) is backed off; each creation it refuses moves on to the other
+/// engine in the same call, so no creation of the pool fails and every job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_refuses_containers_is_skipped_v15() {
+    if !engines_ready() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    const JOBS: u32 = 6;
+    let env = Env::start("15").await;
+    // No image loaded into it.
+    let private = PrivateDockerd::start();
+    let system = system_host();
+    let second = private.address();
+    let pool = format!("ref{:x}", now_ms() % 0xffff_ffff);
+    let _system_guard = SystemPoolGuard(pool.clone());
+    // The engine without the image is listed first: it is tried first.
+    let config = write_config(&env, &pool, &[second.clone(), system.clone()], 3);
+    env.commit_workflow("burst.yml", &Env::burst_yaml(JOBS, "sleep 1"))
+        .await;
+    let started = Instant::now();
+    let mut daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while env.finished_jobs().await < JOBS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "jobs unfinished: {:?}\n{}",
+            env.sim_stats().await["jobs"],
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs = env.sim_jobs().await;
+    assert!(
+        jobs.iter().all(|j| j.status == "success"),
+        "every job succeeds: {jobs:?}\n{}",
+        env.logs()
+    );
+    let records = placements(&env);
+    eprintln!(
+        "{JOBS} jobs in {:.1}s with one engine refusing; records: {:?}",
+        started.elapsed().as_secs_f64(),
+        records
+            .iter()
+            .map(|r| (r.2.as_deref() == Some(second.as_str()), r.3.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        records
+            .iter()
+            .all(|(_, _, engine, _)| engine.as_deref() == Some(system.as_str())),
+        "every container runs on the engine that has the image: {records:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.3.as_deref() == Some("create_failed")),
+        "no creation failed: {records:?}"
+    );
+    let logs = full_logs(&env);
+    assert!(
+        logs.contains(&format!(
+            "engine {second} refused a container, backing off 5 s"
+        )),
+        "the refusal is reported with its backoff\n{}",
+        env.logs()
+    );
+    assert!(
+        logs.contains("is not present and pull_policy"),
+        "with the engine's reason\n{}",
+        env.logs()
+    );
+    let owner = owner_id(&env).expect("owner id");
+    let clean = wait_until(Duration::from_secs(30), || async {
+        pool_containers_at(&system, &owner, &pool, false).is_empty()
+            && pool_containers_at(&second, &owner, &pool, false).is_empty()
+            && env.leftovers(3).await.is_empty()
+    })
+    .await;
+    assert!(
+        clean,
+        "left behind: {:?}\n{}",
+        env.leftovers(3).await,
+        env.logs()
     );
     let status = terminate(&mut daemon, Duration::from_secs(30));
     assert!(
