@@ -371,9 +371,11 @@ async fn a_burst_runs_in_pods_under_the_cap_v15() {
         lists <= 3,
         "listed {lists} times in {elapsed:?}: the reconciler's listing is served from the watch cache"
     );
-    // qps = 5, burst = 10: at most 10 + 5 requests fall within any one second.
+    // qps = 5, burst = 10: at most 10 + 5 requests leave the client within any one second
+    // (one more may fall into the server's window by arrival jitter). Without the bucket this
+    // burst reached 20 per second.
     assert!(
-        per_second <= 15,
+        per_second <= 16,
         "{per_second} requests in one second (qps 5, burst 10): {stats}"
     );
     let status = terminate(&mut daemon, Duration::from_secs(30));

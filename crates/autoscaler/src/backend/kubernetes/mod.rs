@@ -20,6 +20,8 @@
 mod client;
 mod pod;
 mod status;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::{
@@ -66,6 +68,9 @@ pub struct KubernetesBackend {
     exited: Arc<Notify>,
     /// The watch tasks, started on first use (a tokio runtime is needed).
     watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether a caller already waited for the first listing (later callers do not wait: a
+    /// cluster that cannot be reached must not slow every tick down).
+    waited: std::sync::atomic::AtomicBool,
 }
 
 /// What is stored as the instance's backend reference.
@@ -113,6 +118,7 @@ impl KubernetesBackend {
             caches,
             exited,
             watchers: Mutex::default(),
+            waited: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -133,14 +139,16 @@ impl KubernetesBackend {
         }
     }
 
-    /// The caches, each synced (waiting up to the request timeout for the first listing).
-    async fn synced_caches(&self) -> Result<Vec<&Arc<PodCache>>, BackendError> {
+    /// The caches, after waiting (once, up to the request timeout) for their first listing.
+    async fn synced_caches(&self) -> Vec<&Arc<PodCache>> {
         self.ensure_watching();
-        let timeout = self.connection.settings().request_timeout;
-        for cache in self.caches.values() {
-            cache.wait_synced(timeout).await;
+        if !self.waited.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let timeout = self.connection.settings().request_timeout;
+            for cache in self.caches.values() {
+                cache.wait_synced(timeout).await;
+            }
         }
-        Ok(self.caches.values().collect())
+        self.caches.values().collect()
     }
 
     async fn pods_api(&self, namespace: &str) -> Result<Api<Pod>, BackendError> {
@@ -304,7 +312,7 @@ impl KubernetesBackend {
     /// the cache has not seen yet). `Ok(None)` only when every namespace answered.
     async fn find(&self, id: &str) -> Result<Option<(Arc<PodCache>, Pod)>, BackendError> {
         let name = pod::pod_name(id);
-        for cache in self.synced_caches().await? {
+        for cache in self.synced_caches().await {
             if let Ok(pods) = cache.snapshot() {
                 if let Some(found) = pods.into_iter().find(|p| self.is_ours(p, Some(id))) {
                     return Ok(Some((cache.clone(), found)));
@@ -435,7 +443,7 @@ impl KubernetesBackend {
 
     async fn list_instances(&self) -> Result<Vec<ObservedInstance>, BackendError> {
         let mut found = Vec::new();
-        for cache in self.synced_caches().await? {
+        for cache in self.synced_caches().await {
             let pods = cache.snapshot().map_err(err)?;
             for p in pods {
                 // The watch selects by owner; check again so nothing else is ever handled.
