@@ -5,11 +5,14 @@
 //! runners, nothing is left (runner instances, registrations), and the failover time (kill ->
 //! first action of the new leader) is measured and printed.
 //!
-//! The runners run on the docker backend: one engine shared by both replicas stands in for the
-//! cluster (the kubernetes backend was not ready when this test was written). What matters
-//! for the takeover is the same: the new leader lists the old leader's instances (same owner
-//! id) and adopts them. Needs the engine and the stand-in image, like tests/e2e_docker.rs
-//! (`AUTOSCALER_SKIP_DOCKER_TESTS=1` skips, printed).
+//! The runners run on one of two backends, one test each:
+//! * `kubernetes`: pods on the same fake-kube, in its kubelet mode (each pod's runner is a
+//!   local process of the runner stand-in; the fake is not a real cluster, see its README);
+//! * `docker`: one engine shared by both replicas (needs the engine and the stand-in image,
+//!   like tests/e2e_docker.rs; `AUTOSCALER_SKIP_DOCKER_TESTS=1` skips, printed).
+//!
+//! What the takeover relies on is the same on both: the new leader lists the old leader's
+//! instances (same owner id) and adopts them. The tests run one at a time (a lock).
 
 mod support;
 
@@ -28,7 +31,79 @@ use support::*;
 
 const IMAGE: &str = "local/forgejo-runner-stand-in:latest";
 const POOL_LABEL: &str = "org.forgejo.autoscaler.pool";
+const INSTANCE_LABEL: &str = "org.forgejo.autoscaler.instance";
 const HANDLE_LABEL: &str = "org.forgejo.autoscaler.job-handle";
+const NAMESPACE: &str = "runners";
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where the runners run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Runners {
+    Docker,
+    Kubernetes,
+}
+
+impl Runners {
+    /// The runner binary setting and the pool's backend tables.
+    fn config(self, kubeconfig: &Path) -> (String, String) {
+        match self {
+            Runners::Docker => (
+                "forgejo-runner".into(),
+                format!(
+                    "backend = \"docker\"\nmax_runners = {CAP}\n\n[pools.docker]\nimage = \"{IMAGE}\"\nnetwork = \"host\"\nmemory = \"256m\"\n"
+                ),
+            ),
+            Runners::Kubernetes => (
+                "fake-forgejo-runner".into(),
+                format!(
+                    "backend = \"kubernetes\"\nmax_runners = {CAP}\n\n[pools.kubernetes]\nimage = \"{IMAGE}\"\nimage_pull_policy = \"Never\"\n\n[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"{NAMESPACE}\"\n",
+                    kubeconfig.display()
+                ),
+            ),
+        }
+    }
+}
+
+/// `(instance, job handle)` of every runner instance of `pool` (containers or pods), running
+/// or not.
+fn pool_instances(
+    runners: Runners,
+    pool: &str,
+    kube: &fake_kube::FakeKube,
+) -> Vec<(String, String)> {
+    match runners {
+        Runners::Docker => pool_containers(pool),
+        Runners::Kubernetes => kube
+            .objects("pods", Some(NAMESPACE))
+            .iter()
+            .filter_map(|pod| {
+                let notes = &pod["metadata"]["annotations"];
+                (notes[POOL_LABEL] == pool).then(|| {
+                    (
+                        notes[INSTANCE_LABEL]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        notes[HANDLE_LABEL].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Credential secrets of `pool`'s runners left in the namespace (kubernetes).
+fn pool_secrets(runners: Runners, kube: &fake_kube::FakeKube, owner: &str) -> usize {
+    match runners {
+        Runners::Docker => 0,
+        Runners::Kubernetes => kube
+            .objects("secrets", Some(NAMESPACE))
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["org.forgejo.autoscaler.owner"] == owner)
+            .count(),
+    }
+}
 const JOBS: u32 = 24;
 /// Longer than the failover, so that the new leader finds runners busy with their jobs.
 const JOB_SECONDS: u32 = 10;
@@ -59,7 +134,7 @@ fn engine_ready() -> bool {
     );
 }
 
-/// `name handle` of every container of `pool`, running or not.
+/// `instance handle` of every container of `pool`, running or not.
 fn pool_containers(pool: &str) -> Vec<(String, String)> {
     let out = Command::new("docker")
         .args([
@@ -68,7 +143,7 @@ fn pool_containers(pool: &str) -> Vec<(String, String)> {
             "--filter",
             &format!("label={POOL_LABEL}={pool}"),
             "--format",
-            &format!("{{{{.Names}}}} {{{{.Label \"{HANDLE_LABEL}\"}}}}"),
+            &format!("{{{{.Label \"{INSTANCE_LABEL}\"}}}} {{{{.Label \"{HANDLE_LABEL}\"}}}}"),
         ])
         .output()
         .expect("docker ps");
@@ -97,7 +172,14 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(env: &Env, name: &'static str, pool: &str, kubeconfig: &Path) -> Replica {
+    fn start(
+        env: &Env,
+        name: &'static str,
+        pool: &str,
+        kubeconfig: &Path,
+        runners: Runners,
+    ) -> Replica {
+        let (binary, backend) = runners.config(kubeconfig);
         let dir = env.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -111,7 +193,7 @@ poll_interval = "1s"
 request_timeout = "5s"
 
 [runner]
-binary = "forgejo-runner"
+binary = "{binary}"
 fetch_interval = "1s"
 
 [limits]
@@ -119,6 +201,9 @@ max_runners = {CAP}
 
 [timeouts]
 orphan_grace = "5s"
+# An instance whose start the kill interrupted never comes online; it is removed at this
+# deadline (default 10 min) and its job gets a new runner.
+pickup = "30s"
 
 [store]
 path = "state/autoscaler.db"
@@ -137,14 +222,7 @@ kubeconfig = "{kubeconfig}"
 [[pools]]
 name = "{pool}"
 labels = ["trixie:docker://debian:trixie"]
-backend = "docker"
-max_runners = {CAP}
-
-[pools.docker]
-image = "{IMAGE}"
-network = "host"
-memory = "256m"
-"#,
+{backend}"#,
             url = env.url(),
             kubeconfig = kubeconfig.display(),
         );
@@ -213,16 +291,42 @@ fn now_ms() -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
+async fn kubernetes_the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
+    failover(Runners::Kubernetes).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     if !engine_ready() {
         return;
     }
+    failover(Runners::Docker).await;
+}
+
+async fn failover(runners: Runners) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start("15").await;
-    let kube = fake_kube::FakeKube::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("fake-kube starts");
+    // The lease lives in "default"; kubernetes runners in their own namespace.
+    let options = fake_kube::Options {
+        namespaces: vec!["default".into(), NAMESPACE.into()],
+        kubelet: (runners == Runners::Kubernetes).then(|| fake_kube::KubeletOptions {
+            // The runner stand-in is linked into the work directory.
+            path: vec![env.path().to_path_buf()],
+            images: Some(vec![IMAGE.into()]),
+            root: Some(env.path().join("kubelet")),
+            start_delay: Duration::from_millis(100),
+        }),
+        ..fake_kube::Options::default()
+    };
+    let kube = Arc::new(
+        fake_kube::FakeKube::start_with("127.0.0.1:0".parse().unwrap(), options)
+            .await
+            .expect("fake-kube starts"),
+    );
     let kubeconfig = env.path().join("kubeconfig");
     std::fs::write(&kubeconfig, kube.kubeconfig("default")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pool = format!(
         "ha-{:x}",
         std::time::SystemTime::now()
@@ -233,13 +337,13 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     );
 
     // A first, so that it leads; then B, which must follow.
-    let mut a = Replica::start(&env, "a", &pool, &kubeconfig);
+    let mut a = Replica::start(&env, "a", &pool, &kubeconfig, runners);
     let led = wait_until(Duration::from_secs(30), || async {
         a.role().await.as_deref() == Some("leader")
     })
     .await;
     assert!(led, "a did not become the leader\n{}", env.logs());
-    let mut b = Replica::start(&env, "b", &pool, &kubeconfig);
+    let mut b = Replica::start(&env, "b", &pool, &kubeconfig, runners);
     let follows = wait_until(Duration::from_secs(30), || async {
         b.ha()
             .await
@@ -250,14 +354,15 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     let ready = b.get("/readyz").await.map(|r| r.status().as_u16());
     assert_eq!(ready, Some(200), "a follower that reads the lease is ready");
 
-    // Every container of the pool seen during the run, with its job handle.
+    // Every runner instance (container or pod) of the pool seen during the run, with its job
+    // handle.
     let seen: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let tracker = {
-        let (seen, stop, pool) = (seen.clone(), stop.clone(), pool.clone());
+        let (seen, stop, pool, kube) = (seen.clone(), stop.clone(), pool.clone(), kube.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                for (name, handle) in pool_containers(&pool) {
+                for (name, handle) in pool_instances(runners, &pool, &kube) {
                     seen.lock().unwrap().insert(name, handle);
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -299,22 +404,49 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
         env.finished_jobs().await == JOBS as usize
     })
     .await;
-    assert!(
-        finished,
-        "jobs unfinished: {:?}\n{}",
-        env.sim_stats().await["jobs"],
-        env.logs()
-    );
+    if !finished {
+        let jobs: Vec<String> = env
+            .sim_jobs()
+            .await
+            .iter()
+            .filter(|j| j.status != "success")
+            .map(|j| format!("{j:?}"))
+            .collect();
+        let runners: Vec<String> = env
+            .sim_runners()
+            .await
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}:{}",
+                    r.id,
+                    r.name,
+                    if r.deleted { "deleted" } else { "live" }
+                )
+            })
+            .collect();
+        panic!(
+            "jobs unfinished: {:?}\n{jobs:#?}\nrunners {runners:?}\ninstances seen {:?}\nb's events {:?}\n{}",
+            env.sim_stats().await["jobs"],
+            seen.lock().unwrap(),
+            b.events(),
+            env.logs()
+        );
+    }
+    let owner = forgejo_autoscaler::config::derived_owner_id("default", LEASE);
     let clean = wait_until(Duration::from_secs(60), || async {
-        pool_containers(&pool).is_empty() && env.live_runners().await.is_empty()
+        pool_instances(runners, &pool, &kube).is_empty()
+            && pool_secrets(runners, &kube, &owner) == 0
+            && env.live_runners().await.is_empty()
     })
     .await;
     stop.store(true, Ordering::SeqCst);
     tracker.join().unwrap();
     assert!(
         clean,
-        "left behind: containers {:?}, registrations {:?}\n{}",
-        pool_containers(&pool),
+        "left behind: instances {:?}, secrets {}, registrations {:?}\n{}",
+        pool_instances(runners, &pool, &kube),
+        pool_secrets(runners, &kube, &owner),
         env.live_runners().await,
         env.logs()
     );
@@ -338,41 +470,41 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
         .filter(|(_, kind, _, _)| kind == "adopted")
         .map(|(_, _, id, _)| id)
         .collect();
-    // Adopted while busy: the runner registration and the job attempt were found.
-    let adopted_busy: Vec<&String> = events
+    // Adopted with their runner registration and job attempt (found in Forgejo).
+    let adopted_for_job: Vec<&String> = events
         .iter()
         .filter(|(_, kind, _, detail)| {
             kind == "adopted" && detail.contains("runner Some(") && detail.contains("job Some(")
         })
         .map(|(_, _, id, _)| id)
         .collect();
+    let reason_of = |id: &str| {
+        events
+            .iter()
+            .find(|(_, kind, rid, _)| kind == "gone" && rid == id)
+            .map(|(_, _, _, detail)| detail.split(':').next().unwrap_or_default().to_string())
+    };
+    // Kept until their job was done: removed after the runner exited (job_done), or when
+    // Forgejo deleted the ephemeral registration at the end of the job a moment before the
+    // runner's exit was seen (runner_gone); the jobs' success is checked below. The others
+    // are instances whose start the kill interrupted (checked below too).
+    let kept_busy: Vec<&&String> = adopted_for_job
+        .iter()
+        .filter(|id| matches!(reason_of(id).as_deref(), Some("job_done" | "runner_gone")))
+        .collect();
     println!(
-        "failover: SIGKILL -> b leader in {:.2} s; SIGKILL -> b's first action in {:.2} s; b adopted {} instance(s) of a, {} of them busy with their job",
+        "failover: SIGKILL -> b leader in {:.2} s; SIGKILL -> b's first action in {:.2} s; b adopted {} instance(s) of a, {} with their job, {} of them kept until the job was done",
         became_leader.as_secs_f64(),
         first_action as f64 / 1000.0,
         adopted.len(),
-        adopted_busy.len()
+        adopted_for_job.len(),
+        kept_busy.len()
     );
     assert!(
-        !adopted_busy.is_empty(),
-        "mid-burst, a had busy runners for b to adopt: {events:?}\n{}",
+        !kept_busy.is_empty(),
+        "mid-burst, a had busy runners that b must adopt and keep: {events:?}\n{}",
         env.logs()
     );
-    // b let each of them finish its job.
-    let removals: Vec<(i64, String, String, String)> = events
-        .iter()
-        .filter(|(_, kind, id, _)| kind == "gone" && adopted_busy.contains(&id))
-        .cloned()
-        .collect();
-    for id in &adopted_busy {
-        assert!(
-            removals
-                .iter()
-                .any(|(_, _, rid, detail)| rid == *id && detail.starts_with("job_done")),
-            "adopted busy instance {id} was not removed as job_done: {removals:?}\n{}",
-            env.logs()
-        );
-    }
     assert!(
         became_leader <= Duration::from_secs(5 + 1 + 2),
         "takeover {became_leader:?} after the kill: lease_duration 5 s + retry_period 1 s (+ slack)"
@@ -382,6 +514,18 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     let jobs = env.sim_jobs().await;
     let runners = env.sim_runners().await;
     let seen = seen.lock().unwrap().clone();
+    // Why each instance was removed, by whichever replica removed it.
+    let removed: BTreeMap<String, String> = a
+        .events()
+        .into_iter()
+        .chain(b.events())
+        .filter(|(_, kind, _, _)| kind == "gone")
+        .map(|(_, _, id, detail)| {
+            let reason = detail.split(':').next().unwrap_or_default().to_string();
+            (id, reason)
+        })
+        .collect();
+    let mut interrupted = Vec::new();
     let mut per_handle: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (name, handle) in &seen {
         if !handle.is_empty() {
@@ -399,19 +543,38 @@ async fn the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
             .cloned()
             .unwrap_or_default();
         assert!(
-            containers.len() <= 1,
-            "job {} (handle {}) got {} runner containers: {containers:?}",
-            job.id,
-            job.handle,
-            containers.len()
-        );
-        assert!(
-            containers.contains(format!("forgejo-autoscaler-{}", runner.name).as_str()),
-            "job {} ran on {} but its containers were {containers:?}",
+            containers.contains(runner.name.as_str()),
+            "job {} ran on {} but its instances were {containers:?}",
             job.id,
             runner.name
         );
+        // Any other instance made for this attempt is one whose start the kill interrupted
+        // (kubernetes: the pod was created, its credentials secret not yet, so its runner
+        // never came online): removed at a deadline without ever running a task. Two runners
+        // able to take the attempt never existed.
+        for other in containers.iter().filter(|c| **c != runner.name) {
+            let reason = removed.get(*other).map(String::as_str);
+            assert!(
+                matches!(
+                    reason,
+                    Some("pickup_timeout" | "boot_timeout" | "interrupted" | "create_failed")
+                ),
+                "job {} (handle {}) had a second instance {other} removed as {reason:?}\n{}",
+                job.id,
+                job.handle,
+                env.logs()
+            );
+            let ran = runners
+                .iter()
+                .filter(|r| r.name == *other)
+                .any(|r| jobs.iter().any(|j| j.runner_id == Some(r.id)));
+            assert!(!ran, "{other} ran a job");
+            interrupted.push((*other).to_string());
+        }
     }
+    println!(
+        "instances whose start the kill interrupted, removed without running anything: {interrupted:?}"
+    );
 
     let metrics = b.get("/metrics").await.unwrap().text().await.unwrap();
     assert!(metrics.contains("forgejo_autoscaler_leader 1"), "{metrics}");
