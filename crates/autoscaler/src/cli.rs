@@ -283,7 +283,7 @@ pub async fn run_daemon(
     let _lock = crate::runtime::lock_state_dir(&config)?;
     if let Some(ha) = config.ha.clone() {
         // Replicas: one leader, elected on a Lease (docs/high-availability.md).
-        let (lease, namespace) = crate::ha::kube::connect(&ha).await?;
+        let (lease, namespace) = crate::ha::kube::connect(&ha, &config.kubernetes).await?;
         return crate::ha::driver::run(config, ha, lease, &namespace, options, shutdown).await;
     }
     let rt = Arc::new(Runtime::start(config).await?);

@@ -43,8 +43,8 @@ pub struct HaConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
-    /// A kubeconfig file for the API server; `None`: in a pod, its service account, else
-    /// `$KUBECONFIG` or `~/.kube/config`.
+    /// A kubeconfig file for the API server; `None`: the `[kubernetes]` connection (whose
+    /// default is the pod's service account, else `$KUBECONFIG` or `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
 }
 

@@ -1,6 +1,8 @@
 //! The lease on a real API server: kube-rs `Api<Lease>` (get, create, replace), mapped onto
-//! [`LeaseApi`]. The connection is the `[ha] kubeconfig` file, or, without one, what kube-rs
-//! infers: the pod's service account in a cluster, else `$KUBECONFIG` or `~/.kube/config`.
+//! [`LeaseApi`]. The connection is the `[ha] kubeconfig` file, or, without one, the one the
+//! kubernetes backend uses (`[kubernetes]` kubeconfig, context, in_cluster), whose default is
+//! what kube-rs infers: the pod's service account in a cluster, else `$KUBECONFIG` or
+//! `~/.kube/config`.
 
 use std::{path::Path, sync::Arc};
 
@@ -11,7 +13,10 @@ use k8s_openapi::{
 use kube::api::{Api, PostParams};
 
 use super::{LeaseApi, LeaseError, LeaseRecord};
-use crate::{backend::BoxFuture, config::HaConfig};
+use crate::{
+    backend::BoxFuture,
+    config::{HaConfig, KubernetesConfig},
+};
 
 pub struct KubeLease {
     api: Api<Lease>,
@@ -19,12 +24,29 @@ pub struct KubeLease {
     name: String,
 }
 
-/// Connects to the API server `[ha]` names and returns the lease and its namespace (the
-/// configured one, or the connection's default namespace).
-pub async fn connect(ha: &HaConfig) -> anyhow::Result<(Arc<dyn LeaseApi>, String)> {
-    let config = match &ha.kubeconfig {
-        Some(path) => from_file(path).await?,
-        None => kube::Config::infer().await.map_err(|e| {
+/// Connects to the API server and returns the lease and its namespace (the configured one, or
+/// the connection's default namespace). `cluster`: the `[kubernetes]` table, whose connection
+/// is used unless `[ha]` names its own kubeconfig.
+pub async fn connect(
+    ha: &HaConfig,
+    cluster: &KubernetesConfig,
+) -> anyhow::Result<(Arc<dyn LeaseApi>, String)> {
+    let config = match (&ha.kubeconfig, &cluster.kubeconfig) {
+        (Some(path), _) => from_file(path, None).await?,
+        (None, _) if cluster.in_cluster => kube::Config::incluster().map_err(|e| {
+            anyhow::anyhow!("[ha]: [kubernetes] in_cluster = true, but this is not a pod with a service account: {e}")
+        })?,
+        (None, Some(path)) => from_file(path, cluster.context.clone()).await?,
+        (None, None) if cluster.context.is_some() => {
+            let options = kube::config::KubeConfigOptions {
+                context: cluster.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| anyhow::anyhow!("[ha]: the [kubernetes] context is not usable: {e}"))?
+        }
+        (None, None) => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!("[ha]: cannot find the Kubernetes API server ({e}); run in a pod with a service account, set KUBECONFIG, or give [ha] kubeconfig = \"PATH\"")
         })?,
     };
@@ -42,10 +64,14 @@ pub async fn connect(ha: &HaConfig) -> anyhow::Result<(Arc<dyn LeaseApi>, String
     Ok((Arc::new(lease), namespace))
 }
 
-async fn from_file(path: &Path) -> anyhow::Result<kube::Config> {
+async fn from_file(path: &Path, context: Option<String>) -> anyhow::Result<kube::Config> {
     let file = kube::config::Kubeconfig::read_from(path)
         .map_err(|e| anyhow::anyhow!("[ha] kubeconfig {}: {e}", path.display()))?;
-    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    kube::Config::from_custom_kubeconfig(file, &options)
         .await
         .map_err(|e| anyhow::anyhow!("[ha] kubeconfig {}: {e}", path.display()))
 }
@@ -180,7 +206,7 @@ mod tests {
     #[tokio::test]
     async fn get_create_and_replace_keep_the_api_servers_rules() {
         let (kube, _dir, ha) = fake().await;
-        let (lease, namespace) = connect(&ha).await.unwrap();
+        let (lease, namespace) = connect(&ha, &KubernetesConfig::default()).await.unwrap();
         assert_eq!(namespace, "default", "the kubeconfig context's namespace");
         assert_eq!(lease.name(), "default/forgejo-autoscaler");
         assert_eq!(lease.get().await, Ok(None));
@@ -212,6 +238,33 @@ mod tests {
         assert_eq!(lease.get().await.unwrap().unwrap(), replaced);
     }
 
+    /// Without its own kubeconfig, [ha] uses the kubernetes backend's connection.
+    #[tokio::test]
+    async fn the_kubernetes_connection_is_reused() {
+        let (_kube, dir, mut ha) = fake().await;
+        let cluster = KubernetesConfig {
+            kubeconfig: ha.kubeconfig.take(),
+            ..KubernetesConfig::default()
+        };
+        ha.lease_namespace = Some("kube-system".into());
+        let (lease, namespace) = connect(&ha, &cluster).await.unwrap();
+        assert_eq!(namespace, "kube-system");
+        assert_eq!(lease.get().await, Ok(None));
+        let missing = KubernetesConfig {
+            kubeconfig: Some(dir.path().join("missing")),
+            ..KubernetesConfig::default()
+        };
+        let err = connect(&ha, &missing)
+            .await
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(
+            err.contains("kubeconfig") && err.contains("missing"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn two_electors_on_fake_kube_take_turns() {
         let (_kube, _dir, ha) = fake().await;
@@ -220,8 +273,8 @@ mod tests {
             renew_deadline: ha.renew_deadline,
             retry_period: ha.retry_period,
         };
-        let (lease_a, _) = connect(&ha).await.unwrap();
-        let (lease_b, _) = connect(&ha).await.unwrap();
+        let (lease_a, _) = connect(&ha, &KubernetesConfig::default()).await.unwrap();
+        let (lease_b, _) = connect(&ha, &KubernetesConfig::default()).await.unwrap();
         let la = Leadership::new("a", &lease_a.name());
         let lb = Leadership::new("b", &lease_b.name());
         let mut a = Elector::new(lease_a, "a", timing, la.clone());
