@@ -1030,3 +1030,75 @@ async fn start_overhead_compared_with_the_docker_backend() {
         "a swarm task took {swarm_start:.2}s (median) from service creation to start"
     );
 }
+
+/// An engine refusal (a network the swarm does not have): the error carries the engine's own
+/// message, the pool backs off, and the secret created before the refused service is removed
+/// with its instance, so nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_refusal_carries_its_message_and_leaves_no_secret() {
+    if !swarm_ready() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = Env::start("15").await;
+    let pool = unique_pool();
+    let _guard = PoolGuard(pool.clone());
+    let config = write_swarm_config(&env, &pool, 2);
+    let missing = format!("{pool}-no-such-network");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("network = \"host\"", &format!("network = \"{missing}\""));
+    std::fs::write(&config, text).unwrap();
+    env.commit_workflow("one.yml", &Env::burst_yaml(1, "true"))
+        .await;
+    let mut daemon = env.spawn_autoscaler(&["run", "-c", config.to_str().unwrap()]);
+    let refused = wait_until(Duration::from_secs(30), || async {
+        env.logs().contains("creating the service of")
+    })
+    .await;
+    let logs = env.logs();
+    assert!(refused, "no creation was refused\n{logs}");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("creating the service of"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains(&missing) && line.contains("not found"),
+        "the engine's message is kept: {line}"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let attempts = env.logs().matches("creating the service of").count();
+    assert!(
+        attempts <= 4,
+        "{attempts} refused creations in about 6 s: the pool does not back off\n{}",
+        env.logs()
+    );
+    let clean = wait_until(Duration::from_secs(20), || async {
+        secrets(&env, &pool).is_empty() && services(&env, &pool).is_empty()
+    })
+    .await;
+    assert!(
+        clean,
+        "left behind: secrets {:?}, services {:?}\n{}",
+        secrets(&env, &pool),
+        services(&env, &pool),
+        env.logs()
+    );
+    let status = terminate(&mut daemon, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "autoscaler exit: {status:?}\n{}",
+        env.logs()
+    );
+    assert!(
+        env.leftovers(2).await.is_empty(),
+        "{:?}",
+        env.leftovers(2).await
+    );
+    assert!(
+        secrets(&env, &pool).is_empty(),
+        "{:?}",
+        secrets(&env, &pool)
+    );
+}
