@@ -353,6 +353,22 @@ async fn failover(runners: Runners) {
     assert!(follows, "b does not follow a\n{}", env.logs());
     let ready = b.get("/readyz").await.map(|r| r.status().as_u16());
     assert_eq!(ready, Some(200), "a follower that reads the lease is ready");
+    // The follower says what it is and who leads, and claims nothing about Forgejo.
+    let status: serde_json::Value = b.get("/api/status").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        status["forgejo"]["reachable"],
+        serde_json::Value::Null,
+        "{status}"
+    );
+    assert_eq!(status["ha"]["acting"], false, "{status}");
+    let page = b.get("/").await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("<b>follower</b>") && page.contains("leader <b>a</b>"),
+        "{page}"
+    );
+    let leader: serde_json::Value = a.get("/api/status").await.unwrap().json().await.unwrap();
+    assert_eq!(leader["ha"]["acting"], true, "{leader}");
+    assert_eq!(leader["ha"]["generation"], 0, "{leader}");
 
     // Every runner instance (container or pod) of the pool seen during the run, with its job
     // handle.

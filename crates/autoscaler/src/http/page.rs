@@ -118,6 +118,9 @@ fn header(html: &mut String, status: &Status) {
     let reach = match f.reachable {
         Some(true) => "<b class=\"ok\">reachable</b>".to_string(),
         Some(false) => "<b class=\"bad\">NOT reachable</b>".to_string(),
+        None if status.ha.as_ref().is_some_and(|h| h.role == "follower") => {
+            "<span class=\"muted\">not observed (this replica is a follower)</span>".to_string()
+        }
         None => "<span class=\"muted\">not observed (read from the store)</span>".to_string(),
     };
     let tick = f

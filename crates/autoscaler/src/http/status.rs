@@ -367,6 +367,10 @@ pub fn build_status(rt: &Runtime, snapshot: &Snapshot) -> Status {
         })
         .collect();
     let (recent_removals, events, removed) = history(&rt.store);
+    let follower = rt
+        .fence
+        .leadership()
+        .is_some_and(|l| l.view().role == crate::ha::Role::Follower);
     Status {
         source: "daemon".into(),
         generated_at_ms: now,
@@ -374,7 +378,8 @@ pub fn build_status(rt: &Runtime, snapshot: &Snapshot) -> Status {
         forgejo: ForgejoStatus {
             url: rt.config.forgejo.url.clone(),
             version: rt.version.to_string(),
-            reachable: Some(snapshot.forgejo_reachable),
+            // A follower observes nothing: neither reachable nor not.
+            reachable: (!follower).then_some(snapshot.forgejo_reachable),
             last_tick_age_s: (snapshot.at_ms > 0)
                 .then(|| seconds(now.saturating_sub(snapshot.at_ms))),
         },
