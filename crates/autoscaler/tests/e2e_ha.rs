@@ -292,7 +292,7 @@ fn now_ms() -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
-    failover(Runners::Kubernetes).await;
+    failover(Runners::Kubernetes, libc::SIGKILL).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,10 +300,18 @@ async fn docker_the_follower_takes_over_when_the_leader_is_killed_mid_burst() {
     if !engine_ready() {
         return;
     }
-    failover(Runners::Docker).await;
+    failover(Runners::Docker, libc::SIGKILL).await;
 }
 
-async fn failover(runners: Runners) {
+/// A rolling update: the leader gets SIGTERM mid-burst, stops acting without removing
+/// anything and releases the lease, so the follower takes over at its next look instead of
+/// after lease_duration, and adopts the running jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_sigterm_hands_over_at_once() {
+    failover(Runners::Kubernetes, libc::SIGTERM).await;
+}
+
+async fn failover(runners: Runners, signal: i32) {
     let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start("15").await;
     // The lease lives in "default"; kubernetes runners in their own namespace.
@@ -402,8 +410,20 @@ async fn failover(runners: Runners) {
 
     let killed_ms = now_ms();
     let killed = Instant::now();
-    unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
-    let _ = a.child.wait();
+    unsafe { libc::kill(a.child.id() as i32, signal) };
+    let exit = a.child.wait().ok();
+    if signal == libc::SIGTERM {
+        assert!(
+            exit.is_some_and(|s| s.success()),
+            "a exits cleanly on SIGTERM: {exit:?}\n{}",
+            env.logs()
+        );
+        let stopped = killed.elapsed();
+        assert!(
+            stopped < Duration::from_secs(5),
+            "a took {stopped:?} to hand over (no drain with [ha])"
+        );
+    }
 
     let mut became_leader = None;
     while killed.elapsed() < Duration::from_secs(30) {
@@ -509,7 +529,8 @@ async fn failover(runners: Runners) {
         .filter(|id| matches!(reason_of(id).as_deref(), Some("job_done" | "runner_gone")))
         .collect();
     println!(
-        "failover: SIGKILL -> b leader in {:.2} s; SIGKILL -> b's first action in {:.2} s; b adopted {} instance(s) of a, {} with their job, {} of them kept until the job was done",
+        "failover ({runners:?}, {}): signal -> b leader in {:.2} s; signal -> b's first action in {:.2} s; b adopted {} instance(s) of a, {} with their job, {} of them kept until the job was done",
+        if signal == libc::SIGTERM { "SIGTERM" } else { "SIGKILL" },
         became_leader.as_secs_f64(),
         first_action as f64 / 1000.0,
         adopted.len(),
@@ -521,9 +542,16 @@ async fn failover(runners: Runners) {
         "mid-burst, a had busy runners that b must adopt and keep: {events:?}\n{}",
         env.logs()
     );
+    let limit = if signal == libc::SIGTERM {
+        // Released: b takes it at its next look (retry_period 1 s), plus a's stop.
+        Duration::from_secs(3)
+    } else {
+        // lease_duration 5 s + retry_period 1 s, and slack for a loaded machine.
+        Duration::from_secs(5 + 1 + 2)
+    };
     assert!(
-        became_leader <= Duration::from_secs(5 + 1 + 2),
-        "takeover {became_leader:?} after the kill: lease_duration 5 s + retry_period 1 s (+ slack)"
+        became_leader <= limit,
+        "takeover {became_leader:?} after the signal (at most {limit:?})"
     );
 
     // Every job succeeded, on one runner made for its own attempt.
