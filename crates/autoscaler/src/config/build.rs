@@ -54,7 +54,12 @@ pub(super) fn build(raw: RawConfig, source: &Source<'_>, base_dir: &Path) -> Res
     let pools = checker.pools(raw.pools, &forgejo, &limits, &timeouts)?;
     let kubernetes = super::kubernetes::build_cluster(raw.kubernetes, source, base_dir)?;
     let ha = match raw.ha {
-        Some(table) => Some(super::ha::build(table, source, base_dir, &mut checker.warnings)?),
+        Some(table) => Some(super::ha::build(
+            table,
+            source,
+            base_dir,
+            &mut checker.warnings,
+        )?),
         None => None,
     };
     Ok(Config {

@@ -16,8 +16,8 @@ mod build;
 mod docker;
 mod duration;
 mod error;
-mod kubernetes;
 mod ha;
+mod kubernetes;
 mod labels;
 mod raw;
 mod scope;
@@ -35,11 +35,11 @@ use serde::Deserialize;
 
 pub use docker::{DockerNetwork, DockerPoolConfig, PullPolicy, VolumeMount};
 pub use error::{ConfigError, ConfigWarning};
+pub use ha::{derived_owner_id, ha_defaults, HaConfig};
 pub use kubernetes::{
     json_merge_patch, kubernetes_defaults, KubernetesConfig, KubernetesPoolConfig,
     KubernetesToleration,
 };
-pub use ha::{derived_owner_id, ha_defaults, HaConfig};
 pub use labels::{Label, LabelSchema, DEFAULT_DOCKER_IMAGE, DEFAULT_LXC_TEMPLATE};
 pub use scope::Scope;
 pub use swarm::{SwarmNetwork, SwarmPoolConfig, SwarmResources};
