@@ -283,6 +283,34 @@ labels = ["trixie:docker://debian:trixie"]
     }
 }
 
+/// A failed test must not leave its replicas running (they would keep polling a simulator that
+/// is gone). A child already waited for is not signalled again.
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes the test pool's containers when the test ends, so a failure leaves none behind
+/// (on success there are none left to remove: the test checks that).
+struct ContainerCleanup(Runners, String);
+
+impl Drop for ContainerCleanup {
+    fn drop(&mut self) {
+        if self.0 != Runners::Docker {
+            return;
+        }
+        for (instance, _) in pool_containers(&self.1) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &format!("forgejo-autoscaler-{instance}")])
+                .output();
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -343,6 +371,8 @@ async fn failover(runners: Runners, signal: i32) {
             .as_micros()
             % 0xffff_ffff
     );
+    // Declared before the replicas, so dropped after them.
+    let _cleanup = ContainerCleanup(runners, pool.clone());
 
     // A first, so that it leads; then B, which must follow.
     let mut a = Replica::start(&env, "a", &pool, &kubeconfig, runners);

@@ -48,6 +48,16 @@ pub async fn run(
             rt.config.forgejo.url
         );
     }
+    for pool in rt
+        .config
+        .pools
+        .iter()
+        .filter(|p| p.backend == crate::config::BackendKind::Process)
+    {
+        // Nothing wrong for the election, but a process runner lives and dies with its
+        // replica: no other replica can list, adopt or remove it.
+        tracing::warn!(pool = %pool.name, "[ha] with a process pool: its runners run beside this replica only; a new leader cannot adopt them (use the kubernetes or docker backend)");
+    }
     let leadership = Leadership::new(&identity, &lease.name());
     rt.fence = Fence::of(leadership.clone());
     let rt = Arc::new(rt);
