@@ -1190,6 +1190,23 @@ async fn create_instance(
     Ok(())
 }
 
+/// The reason to record once the removal has shown how the runner ended.
+///
+/// Forgejo 15 deletes an ephemeral registration, and drops the job from its list, as soon as
+/// the job ends, which an observation can see a moment before the runner's own exit (a 30 ms
+/// job is never even seen running). A runner that then turns out to have ended on its own with
+/// 0 received and ran its task: the same verdict as had its exit been observed first.
+fn verdict_after_removal(reason_text: String, removal: &crate::backend::Removal) -> String {
+    let decided_without_exit = [Reason::RunnerGone, Reason::JobGone]
+        .iter()
+        .any(|r| r.as_str() == reason_text);
+    if decided_without_exit && !removal.stopped_by_us && removal.exit_code == Some(0) {
+        Reason::JobDone.as_str().to_string()
+    } else {
+        reason_text
+    }
+}
+
 /// Removes the backend instance, then its registration (15) or lends its identity back
 /// (13/14), then marks the record gone. Returns whether everything was removed; if not, the
 /// record stays `deleting` and the teardown deadline makes a later tick try again.
@@ -1242,17 +1259,7 @@ pub(crate) async fn remove_instance(
         }
     };
     rt.metrics.operation("delete", true);
-    // Forgejo 15 deletes an ephemeral registration as soon as its job ends, which an observation
-    // can see a moment before the runner's own exit: a runner that then turns out to have ended
-    // on its own with 0 finished its job.
-    let reason_text = if reason_text == Reason::RunnerGone.as_str()
-        && !removal.stopped_by_us
-        && removal.exit_code == Some(0)
-    {
-        Reason::JobDone.as_str().to_string()
-    } else {
-        reason_text
-    };
+    let reason_text = verdict_after_removal(reason_text, &removal);
     let _ = rt.store.set_exit(
         id,
         removal.exit_code,
@@ -1321,4 +1328,56 @@ pub fn waiting_jobs(jobs: &[ScopeJobs]) -> Vec<(&ApiScope, &Job)> {
         .flat_map(|s| s.jobs.iter().flatten().map(move |j| (&s.scope, j)))
         .filter(|(_, j)| j.status == JobStatus::Waiting)
         .collect()
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::verdict_after_removal;
+    use crate::backend::Removal;
+
+    fn removal(exit_code: Option<i32>, stopped_by_us: bool) -> Removal {
+        Removal {
+            exit_code,
+            stopped_by_us,
+            ..Removal::default()
+        }
+    }
+
+    #[test]
+    fn a_runner_that_ended_on_its_own_with_0_did_its_job() {
+        for decided in ["runner_gone", "cancelled"] {
+            assert_eq!(
+                verdict_after_removal(decided.into(), &removal(Some(0), false)),
+                "job_done"
+            );
+        }
+    }
+
+    #[test]
+    fn a_runner_we_stopped_or_that_failed_keeps_the_decided_reason() {
+        for decided in ["runner_gone", "cancelled"] {
+            for (code, stopped) in [
+                (Some(0), true),
+                (Some(1), false),
+                (Some(137), true),
+                (None, false),
+            ] {
+                assert_eq!(
+                    verdict_after_removal(decided.into(), &removal(code, stopped)),
+                    decided,
+                    "{code:?} stopped_by_us={stopped}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_reasons_are_never_rewritten() {
+        for decided in ["pickup_timeout", "job_timeout", "orphan", "taken_by_other"] {
+            assert_eq!(
+                verdict_after_removal(decided.into(), &removal(Some(0), false)),
+                decided
+            );
+        }
+    }
 }
