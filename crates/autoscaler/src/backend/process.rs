@@ -322,12 +322,22 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Writes the marker atomically (temporary file, then rename). The listing may record a
+/// recovered pid while `create` records the spawned one (the same pid, found by the runner's
+/// working directory): each writer needs its own temporary file, or one writer's rename takes
+/// the other's file away and its own rename fails (seen in CI: a creation failed after its
+/// runner had already fetched its task).
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BackendError> {
-    let tmp = dir.join("instance.json.tmp");
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("instance.json.{}-{n}.tmp", std::process::id()));
     let body = serde_json::to_vec_pretty(meta).map_err(|e| ProcessBackend::err(e.to_string()))?;
     std::fs::write(&tmp, body)
         .and_then(|()| std::fs::rename(&tmp, dir.join("instance.json")))
-        .map_err(|e| ProcessBackend::err(format!("cannot write the instance marker: {e}")))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ProcessBackend::err(format!("cannot write the instance marker: {e}"))
+        })
 }
 
 fn read_meta(dir: &Path) -> Result<Meta, String> {
@@ -529,6 +539,33 @@ mod tests {
         assert_eq!(removal.exit_code, Some(3));
         assert!(!dir.exists());
         assert!(backend.list_instances().unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_marker_writes_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta {
+            id: "m".into(),
+            pool: "p".into(),
+            pid: Some(1),
+            start_ticks: Some(2),
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        write_meta(dir.path(), &meta).expect("a concurrent marker write");
+                    }
+                });
+            }
+        });
+        assert_eq!(read_meta(dir.path()).unwrap().pid, Some(1));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("instance.json")]);
     }
 
     #[tokio::test]
