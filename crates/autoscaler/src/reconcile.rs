@@ -1200,7 +1200,9 @@ fn verdict_after_removal(reason_text: String, removal: &crate::backend::Removal)
     let decided_without_exit = [Reason::RunnerGone, Reason::JobGone]
         .iter()
         .any(|r| r.as_str() == reason_text);
-    if decided_without_exit && !removal.stopped_by_us && removal.exit_code == Some(0) {
+    // Exit 0 means "task received and run" (contract: one-job exit codes), whether the runner
+    // ended on its own or was finishing when our stop reached it (seen in CI: stopped, exit 0).
+    if decided_without_exit && removal.exit_code == Some(0) {
         Reason::JobDone.as_str().to_string()
     } else {
         reason_text
@@ -1344,12 +1346,14 @@ mod verdict_tests {
     }
 
     #[test]
-    fn a_runner_that_ended_on_its_own_with_0_did_its_job() {
+    fn a_runner_that_ended_with_0_did_its_job() {
         for decided in ["runner_gone", "cancelled"] {
-            assert_eq!(
-                verdict_after_removal(decided.into(), &removal(Some(0), false)),
-                "job_done"
-            );
+            for stopped in [false, true] {
+                assert_eq!(
+                    verdict_after_removal(decided.into(), &removal(Some(0), stopped)),
+                    "job_done"
+                );
+            }
         }
     }
 
@@ -1357,7 +1361,7 @@ mod verdict_tests {
     fn a_runner_we_stopped_or_that_failed_keeps_the_decided_reason() {
         for decided in ["runner_gone", "cancelled"] {
             for (code, stopped) in [
-                (Some(0), true),
+                (Some(2), true),
                 (Some(1), false),
                 (Some(137), true),
                 (None, false),
