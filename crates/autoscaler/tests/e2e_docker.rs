@@ -150,41 +150,8 @@ fn uuid_like() -> String {
 /// The configuration: one docker pool (host network: the simulator listens on loopback),
 /// read-only root filesystem, a numeric user, limits.
 fn write_docker_config(env: &Env, pool: &str, cap: u32) -> std::path::PathBuf {
-    let text = format!(
-        r#"[forgejo]
-url = "{url}"
-token_file = "token"
-scopes = ["repo:root/on-demand"]
-version = "auto"
-poll_interval = "1s"
-request_timeout = "5s"
-
-[runner]
-binary = "forgejo-runner"
-fetch_interval = "1s"
-
-[limits]
-max_runners = {cap}
-
-[timeouts]
-orphan_grace = "3s"
-
-[store]
-path = "state/autoscaler.db"
-
-[http]
-listen = "off"
-
-[[pools]]
-name = "{pool}"
-labels = ["trixie:docker://debian:trixie"]
-backend = "docker"
-max_runners = {cap}
-
-[pools.env]
-EXTRA_SETTING = "from-the-pool"
-
-[pools.docker]
+    let tables = format!(
+        r#"[pools.docker]
 image = "{IMAGE}"
 network = "host"
 read_only = true
@@ -192,12 +159,18 @@ user = "1000:1000"
 memory = "256m"
 pids_limit = 512
 cpus = 1.0
-"#,
-        url = env.url(),
+"#
     );
-    let path = env.path().join("autoscaler.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    env.write_one_pool_config(&OnePool {
+        name: pool,
+        backend: "docker",
+        cap,
+        runner_binary: "forgejo-runner",
+        timeouts: "",
+        sections: "",
+        pool_env: true,
+        tables: &tables,
+    })
 }
 
 /// Waits for every job to finish, tracking the most containers seen running at once.

@@ -401,49 +401,24 @@ fn now_ms() -> i64 {
 
 fn write_config(env: &Env, pool: &str, hosts: &[String], cap: u32) -> PathBuf {
     let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let text = format!(
-        r#"[forgejo]
-url = "{url}"
-token_file = "token"
-scopes = ["repo:root/on-demand"]
-version = "auto"
-poll_interval = "1s"
-request_timeout = "5s"
-
-[runner]
-binary = "forgejo-runner"
-fetch_interval = "1s"
-
-[limits]
-max_runners = {cap}
-
-[timeouts]
-orphan_grace = "3s"
-teardown = "5s"
-
-[store]
-path = "state/autoscaler.db"
-
-[http]
-listen = "off"
-
-[[pools]]
-name = "{pool}"
-labels = ["trixie:docker://debian:trixie"]
-backend = "docker"
-max_runners = {cap}
-
-[pools.docker]
+    let tables = format!(
+        r#"[pools.docker]
 image = "{IMAGE}"
 docker_hosts = [{hosts}]
 network = "host"
 "#,
-        url = env.url(),
         hosts = hosts.join(", "),
     );
-    let path = env.path().join("autoscaler.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    env.write_one_pool_config(&OnePool {
+        name: pool,
+        backend: "docker",
+        cap,
+        runner_binary: "forgejo-runner",
+        timeouts: "teardown = \"5s\"",
+        sections: "",
+        pool_env: false,
+        tables: &tables,
+    })
 }
 
 /// The tests run one at a time: each starts a daemon and containers on a 2-core machine.

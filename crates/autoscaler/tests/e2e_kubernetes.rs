@@ -86,48 +86,18 @@ impl Cluster {
 
     /// One kubernetes pool: QPS bounded low enough that the test can see the bound hold.
     fn write_config(&self, cap: u32) -> std::path::PathBuf {
-        let text = format!(
-            r#"[forgejo]
-url = "{url}"
-token_file = "token"
-scopes = ["repo:root/on-demand"]
-version = "auto"
-poll_interval = "1s"
-request_timeout = "5s"
-
-[runner]
-binary = "fake-forgejo-runner"
-fetch_interval = "1s"
-
-[limits]
-max_runners = {cap}
-
-[timeouts]
-orphan_grace = "3s"
-
-[store]
-path = "state/autoscaler.db"
-
-[http]
-listen = "off"
-
+        let sections = format!(
+            r#"
 [kubernetes]
 kubeconfig = "kubeconfig"
 namespace = "{NAMESPACE}"
 qps = 5
 burst = 10
 request_timeout = "5s"
-
-[[pools]]
-name = "kube"
-labels = ["trixie:docker://debian:trixie"]
-backend = "kubernetes"
-max_runners = {cap}
-
-[pools.env]
-EXTRA_SETTING = "from-the-pool"
-
-[pools.kubernetes]
+"#
+        );
+        let tables = format!(
+            r#"[pools.kubernetes]
 image = "{IMAGE}"
 image_pull_policy = "Never"
 
@@ -137,12 +107,18 @@ limits = {{ memory = "256Mi" }}
 
 [pools.kubernetes.pod_overlay.metadata.labels]
 team = "ci"
-"#,
-            url = self.env.url(),
+"#
         );
-        let path = self.env.path().join("autoscaler.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        self.env.write_one_pool_config(&OnePool {
+            name: "kube",
+            backend: "kubernetes",
+            cap,
+            runner_binary: "fake-forgejo-runner",
+            timeouts: "",
+            sections: &sections,
+            pool_env: true,
+            tables: &tables,
+        })
     }
 
     async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -181,54 +181,26 @@ fn unique_pool() -> String {
 /// The configuration: one swarm pool on the host network (the simulator listens on loopback),
 /// a numeric user, reservations, limits and a constraint that the single node meets.
 fn write_swarm_config(env: &Env, pool: &str, cap: u32) -> std::path::PathBuf {
-    let text = format!(
-        r#"[forgejo]
-url = "{url}"
-token_file = "token"
-scopes = ["repo:root/on-demand"]
-version = "auto"
-poll_interval = "1s"
-request_timeout = "5s"
-
-[runner]
-binary = "forgejo-runner"
-fetch_interval = "1s"
-
-[limits]
-max_runners = {cap}
-
-[timeouts]
-orphan_grace = "3s"
-boot = "60s"
-
-[store]
-path = "state/autoscaler.db"
-
-[http]
-listen = "off"
-
-[[pools]]
-name = "{pool}"
-labels = ["trixie:docker://debian:trixie"]
-backend = "swarm"
-max_runners = {cap}
-
-[pools.env]
-EXTRA_SETTING = "from-the-pool"
-
-[pools.swarm]
+    let tables = format!(
+        r#"[pools.swarm]
 image = "{IMAGE}"
 network = "host"
 user = "1000:1000"
 constraints = ["node.role == manager"]
 reservations = {{ cpus = 0.01, memory = "16m" }}
 limits = {{ cpus = 1, memory = "256m" }}
-"#,
-        url = env.url(),
+"#
     );
-    let path = env.path().join("autoscaler.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    env.write_one_pool_config(&OnePool {
+        name: pool,
+        backend: "swarm",
+        cap,
+        runner_binary: "forgejo-runner",
+        timeouts: "boot = \"60s\"",
+        sections: "",
+        pool_env: true,
+        tables: &tables,
+    })
 }
 
 /// Waits for every job to finish, tracking the most services of the pool seen at once.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{wait_until, Env, SimJob};
+use crate::support::{wait_until, Env, OnePool, SimJob};
 
 /// The stand-in image (tests/support/build-runner-image.sh).
 pub const IMAGE: &str = "local/forgejo-runner-stand-in:latest";
@@ -164,39 +164,8 @@ impl DockerPool<'_> {
             .docker_host
             .map(|h| format!("docker_host = {h:?}\n"))
             .unwrap_or_default();
-        let text = format!(
-            r#"[forgejo]
-url = "{url}"
-token_file = "token"
-scopes = ["repo:root/on-demand"]
-version = "auto"
-poll_interval = "1s"
-request_timeout = "5s"
-
-[runner]
-binary = "{binary}"
-fetch_interval = "1s"
-
-[limits]
-max_runners = {cap}
-
-[timeouts]
-orphan_grace = "3s"
-{timeouts}
-
-[store]
-path = "state/autoscaler.db"
-
-[http]
-listen = "off"
-
-[[pools]]
-name = "{pool}"
-labels = ["trixie:docker://debian:trixie"]
-backend = "docker"
-max_runners = {cap}
-
-[pools.docker]
+        let tables = format!(
+            r#"[pools.docker]
 image = "{image}"
 {docker_host}network = "host"
 read_only = true
@@ -205,16 +174,18 @@ memory = "256m"
 pids_limit = 512
 cpus = 1.0
 "#,
-            url = env.url(),
-            binary = self.runner_binary,
-            cap = self.cap,
-            timeouts = self.timeouts,
-            pool = self.name,
             image = self.image,
         );
-        let path = env.path().join("autoscaler.toml");
-        std::fs::write(&path, text).expect("config written");
-        path
+        env.write_one_pool_config(&OnePool {
+            name: self.name,
+            backend: "docker",
+            cap: self.cap,
+            runner_binary: self.runner_binary,
+            timeouts: self.timeouts,
+            sections: "",
+            pool_env: false,
+            tables: &tables,
+        })
     }
 }
 

@@ -64,6 +64,24 @@ pub struct ConfigOpts {
     pub http_listen: String,
 }
 
+/// One pool of a container-like backend, for [`Env::write_one_pool_config`].
+pub struct OnePool<'a> {
+    pub name: &'a str,
+    /// `docker`, `swarm` or `kubernetes`.
+    pub backend: &'a str,
+    pub cap: u32,
+    /// `[runner] binary`, as the instance finds it (e.g. on the image's PATH).
+    pub runner_binary: &'a str,
+    /// Extra lines of `[timeouts]`.
+    pub timeouts: &'a str,
+    /// Extra top-level tables before the pool, e.g. `[kubernetes]`.
+    pub sections: &'a str,
+    /// Adds `[pools.env] EXTRA_SETTING = "from-the-pool"` (the credential tests look for it).
+    pub pool_env: bool,
+    /// The pool's backend tables, e.g. `[pools.docker]` and its keys.
+    pub tables: &'a str,
+}
+
 impl Default for ConfigOpts {
     fn default() -> Self {
         ConfigOpts {
@@ -254,6 +272,62 @@ max_runners = {pool_max}
             labels = labels.join(", "),
             pool_max = opts.pool_max_runners,
             extra = opts.extra_pools,
+        );
+        let path = self.path().join("autoscaler.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes `autoscaler.toml` with one pool of a container-like backend (docker, swarm,
+    /// kubernetes): the header every such test shares (fast polls, a 3 s orphan grace, no HTTP
+    /// listener), then the caller's own tables.
+    pub fn write_one_pool_config(&self, pool: &OnePool) -> PathBuf {
+        let text = format!(
+            r#"[forgejo]
+url = "{url}"
+token_file = "token"
+scopes = ["repo:root/on-demand"]
+version = "auto"
+poll_interval = "1s"
+request_timeout = "5s"
+
+[runner]
+binary = "{binary}"
+fetch_interval = "1s"
+
+[limits]
+max_runners = {cap}
+
+[timeouts]
+orphan_grace = "3s"
+{timeouts}
+
+[store]
+path = "state/autoscaler.db"
+
+[http]
+listen = "off"
+{sections}
+[[pools]]
+name = "{name}"
+labels = ["trixie:docker://debian:trixie"]
+backend = "{backend}"
+max_runners = {cap}
+{pool_env}
+{tables}"#,
+            url = self.url(),
+            binary = pool.runner_binary,
+            cap = pool.cap,
+            timeouts = pool.timeouts,
+            sections = pool.sections,
+            name = pool.name,
+            backend = pool.backend,
+            pool_env = if pool.pool_env {
+                "\n[pools.env]\nEXTRA_SETTING = \"from-the-pool\"\n"
+            } else {
+                ""
+            },
+            tables = pool.tables,
         );
         let path = self.path().join("autoscaler.toml");
         std::fs::write(&path, text).unwrap();
