@@ -72,8 +72,9 @@ pub struct Removal {
     pub log_tail: Option<String>,
     /// Where the full log was kept, if it was.
     pub log_path: Option<PathBuf>,
-    /// Whether the runner was still running and the removal stopped it. `false` with an exit
-    /// code means the runner ended on its own before the removal, so its code is its verdict.
+    /// Whether the runner was still running and the removal stopped it, for the logs. The
+    /// recorded reason does not depend on it: exit 0 means the runner received and ran its
+    /// task, whether it ended on its own or was finishing when the stop reached it.
     pub stopped_by_us: bool,
 }
 
